@@ -1,0 +1,43 @@
+# `make run` and `make test` each set themselves up: a .venv made with the machine's python3,
+# the package installed in it with the dev extra. Nothing else is needed on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.jaxnotes-installed
+# Python 3.12 venv for `make test-compat` (Colab and the GPU machines run 3.12 with the newest jax).
+COMPAT_VENV ?= .venv312
+COMPAT_PYTHON ?= $(shell PYENV_VERSION=3.12.1 python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null)
+
+.PHONY: setup run test lint test-compat bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/python -m train
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+test-compat:
+	@if [ -z "$(COMPAT_PYTHON)" ]; then \
+	  echo "test-compat: no python3.12 interpreter on this machine; skipped"; exit 0; fi; \
+	set -e; \
+	test -x $(COMPAT_VENV)/bin/python || PYENV_VERSION=3.12.1 $(COMPAT_PYTHON) -m venv $(COMPAT_VENV); \
+	$(COMPAT_VENV)/bin/python -m pip install -q --disable-pip-version-check -U -e '.[dev]' jax flax optax chex; \
+	$(COMPAT_VENV)/bin/python -c "import sys, jax, flax, optax; print('compat:', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__)"; \
+	$(COMPAT_VENV)/bin/python -m pytest -q
+
+bench: setup
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .ruff_cache *.egg-info
