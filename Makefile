@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/python -m train
+	$(BIN)/python -m jaxnotes.demo
 
 lint: setup
 	$(BIN)/ruff check .

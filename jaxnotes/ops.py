@@ -12,6 +12,7 @@ Layouts follow the book: a single image is ``(height, width)``, a multi-channel 
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -67,15 +68,20 @@ def corr2d(X: jax.Array, K: jax.Array, stride: Any = 1, padding: Any = 0) -> jax
       (out_h, out_w) with ``Y[i, j] = sum_ab X[i*sh + a, j*sw + b] * K[a, b]`` on the padded input;
       sizes follow :func:`jaxnotes.shapes.conv_output_shape`.
     """
-    X, K = jnp.asarray(X), jnp.asarray(K)
+    return _corr2d(X, K, _pair(stride, "stride"), shapes.padding_2d(padding))
+
+
+# Compiled once per (shapes, stride, padding): called eagerly, the kh*kw slices would otherwise
+# each dispatch (and compile) on their own.
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _corr2d(X: jax.Array, K: jax.Array, stride: tuple, padding: tuple) -> jax.Array:
     _check_ndim("corr2d: X", X, (2,), "(height, width)")
     _check_ndim("corr2d: K", K, (2,), "(kh, kw)")
-    window, step, pad = K.shape, _pair(stride, "stride"), shapes.padding_2d(padding)
-    out_hw = shapes.conv_output_shape(X.shape, window, step, pad)
+    out_hw = shapes.conv_output_shape(X.shape, K.shape, stride, padding)
     dtype = jnp.result_type(X, K)
-    Xp = _pad_hw(X.astype(dtype), pad, 0)
+    Xp = _pad_hw(X.astype(dtype), padding, 0)
     out = jnp.zeros(out_hw, dtype)
-    for (a, b), patch in _window_slices(Xp, window, step, out_hw):
+    for (a, b), patch in _window_slices(Xp, K.shape, stride, out_hw):
         out = out + patch * K[a, b]
     return out
 
@@ -96,11 +102,16 @@ def corr2d_multi_in(X: jax.Array, K: jax.Array, stride: Any = 1, padding: Any = 
     Args:
       X: (c_in, height, width).
       K: (c_in, kh, kw).
+      stride, padding: as :func:`corr2d`.
 
     Returns:
       (out_h, out_w).
     """
-    X, K = jnp.asarray(X), jnp.asarray(K)
+    return _corr2d_multi_in(X, K, _pair(stride, "stride"), shapes.padding_2d(padding))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _corr2d_multi_in(X: jax.Array, K: jax.Array, stride: tuple, padding: tuple) -> jax.Array:
     _check_ndim("corr2d_multi_in: X", X, (3,), "(channels, height, width)")
     _check_ndim("corr2d_multi_in: K", K, (3,), "(channels, kh, kw)")
     if X.shape[0] != K.shape[0]:
@@ -108,27 +119,30 @@ def corr2d_multi_in(X: jax.Array, K: jax.Array, stride: Any = 1, padding: Any = 
             f"corr2d_multi_in: X has {X.shape[0]} channels but K has {K.shape[0]}; "
             "expected K of shape (c_in, kh, kw) with c_in = X.shape[0]"
         )
-    per_channel = jax.vmap(lambda x, k: corr2d(x, k, stride, padding))(X, K)
+    per_channel = jax.vmap(lambda x, k: _corr2d(x, k, stride, padding))(X, K)
     return per_channel.sum(axis=0)
 
 
-def corr2d_multi_in_out(
-    X: jax.Array, K: jax.Array, stride: Any = 1, padding: Any = 0
-) -> jax.Array:
+def corr2d_multi_in_out(X: jax.Array, K: jax.Array, stride: Any = 1, padding: Any = 0) -> jax.Array:
     """Multi-input, multi-output correlation: one 3-D kernel per output channel, stacked.
 
     Args:
       X: (c_in, height, width).
       K: (c_out, c_in, kh, kw).
+      stride, padding: as :func:`corr2d`.
 
     Returns:
       (c_out, out_h, out_w).
     """
-    K = jnp.asarray(K)
+    return _corr2d_multi_in_out(X, K, _pair(stride, "stride"), shapes.padding_2d(padding))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _corr2d_multi_in_out(X: jax.Array, K: jax.Array, stride: tuple, padding: tuple) -> jax.Array:
     _check_ndim("corr2d_multi_in_out: K", K, (4,), "(c_out, c_in, kh, kw)")
     if K.shape[0] == 0:
         raise ValueError("corr2d_multi_in_out: K has no output channels (c_out = 0)")
-    return jax.vmap(lambda k: corr2d_multi_in(X, k, stride, padding))(K)
+    return jax.vmap(lambda k: _corr2d_multi_in(X, k, stride, padding))(K)
 
 
 def conv1x1(X: jax.Array, K: jax.Array) -> jax.Array:
@@ -146,7 +160,9 @@ def conv1x1(X: jax.Array, K: jax.Array) -> jax.Array:
     _check_ndim("conv1x1: K", K, (2,), "(c_out, c_in)")
     c_in, h, w = X.shape
     if K.shape[1] != c_in:
-        raise ValueError(f"conv1x1: K has shape {K.shape}, expected (c_out, {c_in}) for X of shape {X.shape}")
+        raise ValueError(
+            f"conv1x1: K has shape {K.shape}, expected (c_out, {c_in}) for X of shape {X.shape}"
+        )
     return (K @ X.reshape(c_in, h * w)).reshape(K.shape[0], h, w)
 
 
@@ -173,23 +189,26 @@ def pool2d(
       (out_h, out_w) or (channels, out_h, out_w), sizes from
       :func:`jaxnotes.shapes.pool_output_shape`.
     """
-    X = jnp.asarray(X)
+    window = _pair(pool_size, "pool_size")
+    step = window if stride is None else _pair(stride, "stride")
+    return _pool2d(X, window, step, shapes.padding_2d(padding), mode)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _pool2d(X: jax.Array, window: tuple, step: tuple, padding: tuple, mode: str) -> jax.Array:
     _check_ndim("pool2d: X", X, (2, 3), "(height, width) or (channels, height, width)")
     if mode not in ("max", "avg"):
         raise ValueError(f"pool2d: mode must be 'max' or 'avg', got {mode!r}")
-    window = _pair(pool_size, "pool_size")
-    step = window if stride is None else _pair(stride, "stride")
-    pad = shapes.padding_2d(padding)
-    out_hw = shapes.pool_output_shape(X.shape[-2:], window, step, pad)
+    out_hw = shapes.pool_output_shape(X.shape[-2:], window, step, padding)
     if mode == "max":
-        Xp = _pad_hw(X, pad, -jnp.inf)
+        Xp = _pad_hw(X, padding, -jnp.inf)
         patches = (patch for _, patch in _window_slices(Xp, window, step, out_hw))
         out = next(patches)
         for patch in patches:
             out = jnp.maximum(out, patch)
         return out
     dtype = jnp.result_type(X, jnp.float32)
-    Xp = _pad_hw(X.astype(dtype), pad, 0)
+    Xp = _pad_hw(X.astype(dtype), padding, 0)
     total = sum(patch for _, patch in _window_slices(Xp, window, step, out_hw))
     return total / (window[0] * window[1])
 

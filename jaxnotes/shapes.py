@@ -52,7 +52,9 @@ def padding_pair(padding: Padding1D, name: str = "padding") -> Pair:
     """Padding of one dimension as ``(before, after)``: an int is per side, a pair is kept."""
     if isinstance(padding, Sequence) and not isinstance(padding, str):
         if len(padding) != 2:
-            raise ValueError(f"{name} must be an int (per side) or a pair (before, after), got {padding!r}")
+            raise ValueError(
+                f"{name} must be an int (per side) or a pair (before, after), got {padding!r}"
+            )
         before, after = padding
         return _check_int(f"{name} before", before, 0), _check_int(f"{name} after", after, 0)
     per_side = _check_int(name, padding, 0)
@@ -72,7 +74,9 @@ def conv_output_size(n: int, kernel_size: int, stride: int = 1, padding: Padding
     return _window_output_size("conv_output_size", n, kernel_size, stride, padding)
 
 
-def pool_output_size(n: int, pool_size: int, stride: int | None = None, padding: Padding1D = 0) -> int:
+def pool_output_size(
+    n: int, pool_size: int, stride: int | None = None, padding: Padding1D = 0
+) -> int:
     """Output length of a pooling window along one dimension; ``stride`` defaults to the window."""
     stride = pool_size if stride is None else stride
     return _window_output_size("pool_output_size", n, pool_size, stride, padding)
@@ -157,7 +161,9 @@ def receptive_field(layers: Iterable[Sequence[int]]) -> int:
     field = 1
     for index, layer in reversed(list(enumerate(layers))):
         if len(layer) != 2:
-            raise ValueError(f"receptive_field: layer {index} must be (kernel, stride), got {layer!r}")
+            raise ValueError(
+                f"receptive_field: layer {index} must be (kernel, stride), got {layer!r}"
+            )
         kernel = _check_int(f"receptive_field: layer {index} kernel", layer[0], 1)
         stride = _check_int(f"receptive_field: layer {index} stride", layer[1], 1)
         field = (field - 1) * stride + kernel
@@ -214,7 +220,13 @@ class Summary:
         body = [
             (r.path, r.kind, str(r.output_shape), f"{r.params:,}", f"{r.macs:,}") for r in self.rows
         ]
-        footer = ("total", "", str(self.output_shape), f"{self.total_params:,}", f"{self.total_macs:,}")
+        footer = (
+            "total",
+            "",
+            str(self.output_shape),
+            f"{self.total_params:,}",
+            f"{self.total_macs:,}",
+        )
         table = [header, *body, footer]
         widths = [max(len(line[i]) for line in table) for i in range(len(header))]
 
@@ -277,7 +289,9 @@ def summarize(
 
     input_shape = tuple(int(d) for d in input_shape)
     if not input_shape or input_shape[0] < 1:
-        raise ValueError(f"summarize: input_shape must start with a batch size >= 1, got {input_shape}")
+        raise ValueError(
+            f"summarize: input_shape must start with a batch size >= 1, got {input_shape}"
+        )
     calls: list[dict[str, Any]] = []
     counter = itertools.count()
     stack: list[dict[str, Any]] = []

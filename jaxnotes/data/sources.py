@@ -1,0 +1,314 @@
+"""Data sources: every data set becomes a ``Dataset`` of NumPy arrays held in host memory.
+
+Names ``load`` understands:
+
+- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images shipped inside scikit-learn), a
+  fixed stratified 70/30 split; the offline default.
+- ``fashion_mnist``, ``mnist``: read through ``tfds.data_source`` (array_record files, no TensorFlow
+  at run time) and decoded once into arrays.
+- ``idx:<dir>``: the four raw IDX files (gzipped or not) downloaded by hand.
+- ``synthetic[:HxWxC[:N]]``: seeded random uint8 images, for benchmarks.
+
+The data sets the book uses are small enough (Fashion-MNIST: 47 MB as uint8) that holding them as
+arrays is the fastest input pipeline there is: batches are one NumPy gather (see ``pipeline``).
+TensorFlow Datasets, scikit-learn and the like are imported inside the functions that need them, so
+``import jaxnotes.data`` works on a machine that has none of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jaxnotes.data.idx import read_idx
+
+SPLITS = ("train", "test")
+TFDS_NAMES = ("fashion_mnist", "mnist")
+VALID_NAMES = ("digits", *TFDS_NAMES, "idx:<dir>", "synthetic[:HxWxC[:N]]")
+
+DIGITS_TEST_FRACTION = 0.3
+DIGITS_SEED = 0  # fixed: the digits split is part of the data set, not of an experiment
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """One split of a data set, in host memory.
+
+    images: (n, H, W, C), uint8 in [0, 255] (TFDS, IDX, synthetic) or float32 in [0, 1] (digits).
+    labels: (n,) int32 in [0, num_classes).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    name: str
+
+    def __post_init__(self):
+        if self.images.ndim != 4:
+            raise ValueError(f"{self.name}: images must be NHWC, got shape {self.images.shape}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"{self.name}: {self.images.shape[0]} images but labels of shape "
+                f"{self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        return tuple(self.images.shape[1:])
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A TFDS data set is not prepared here and cannot be prepared (no TensorFlow or no network)."""
+
+
+def from_arrays(images, labels, num_classes: int | None = None, name: str = "arrays") -> Dataset:
+    """Wrap arrays as a ``Dataset``: images (n, H, W) or (n, H, W, C), labels (n,) integers."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    labels = np.asarray(labels).astype(np.int32)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.size else 0
+    return Dataset(images=images, labels=labels, num_classes=int(num_classes), name=name)
+
+
+def load(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset:
+    """Load one split ("train" or "test") of a named data set as host arrays.
+
+    data_dir: where TFDS looks for prepared data sets (default: $TFDS_DATA_DIR, then TFDS's own).
+    cache_dir: for TFDS data sets, where the decoded arrays are kept as ``.npz`` so the next run
+      skips decoding (default: $JAXNOTES_CACHE_DIR; no cache when neither is set).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if name == "digits":
+        return digits(split)
+    if name in TFDS_NAMES:
+        return load_tfds(name, split, data_dir=data_dir, cache_dir=cache_dir)
+    if name.startswith("idx:") and len(name) > 4:
+        return load_idx_dir(name[4:], split)
+    if name == "synthetic" or name.startswith("synthetic:"):
+        return _synthetic_from_name(name, split)
+    raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(VALID_NAMES)}")
+
+
+# --- digits -------------------------------------------------------------------------------------
+
+
+def digits(split: str) -> Dataset:
+    """scikit-learn's digits: images (n, 8, 8, 1) float32 in [0, 1], 1,257 train / 540 test."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0).astype(np.float32)[..., None]  # pixel values are 0..16
+    labels = bunch.target.astype(np.int32)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)),
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=labels,
+        random_state=DIGITS_SEED,
+    )
+    idx = np.sort(train_idx if split == "train" else test_idx)
+    return Dataset(images=images[idx], labels=labels[idx], num_classes=10, name="digits")
+
+
+# --- TFDS ---------------------------------------------------------------------------------------
+
+
+def _unavailable_message(
+    name: str,
+    data_dir,
+    cause: BaseException | None,
+    can_prepare: bool = False,
+    problem: str = "is not prepared{where} and cannot be prepared here",
+) -> str:
+    where = f" in {data_dir}" if data_dir else ""
+    lines = [f"The TFDS data set {name!r} {problem.format(where=where)}."]
+    if not can_prepare:
+        lines.append("(TensorFlow is not installed: TFDS can only read an already prepared copy.)")
+    if cause is not None:
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        lines.append(f"(TFDS said: {type(cause).__name__}: {first[:300]})")
+    lines += [
+        "Three ways out:",
+        "  1. pip install 'jaxnotes[tfds]' (adds TensorFlow) and run once with network access; "
+        "TFDS then prepares the data set and later runs read it without TensorFlow;",
+        "  2. set TFDS_DATA_DIR to a directory holding a prepared copy "
+        f"(containing {name}/<version>/ in array_record format);",
+        "  3. download the four IDX files by hand and use the data set name 'idx:<dir>' "
+        "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte, each may be .gz).",
+    ]
+    return "\n".join(lines)
+
+
+def load_tfds(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    chunk_size: int = 1024,
+) -> Dataset:
+    """Read a TFDS image-classification split through ``tfds.data_source`` into arrays.
+
+    Raises DatasetUnavailableError (with the three ways out) when it is not prepared and cannot be.
+    """
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
+    cache_dir = cache_dir or os.environ.get("JAXNOTES_CACHE_DIR") or None
+    cache_file = Path(cache_dir) / f"{name}-{split}.npz" if cache_dir else None
+    if cache_file is not None and cache_file.exists():
+        with np.load(cache_file) as f:
+            return Dataset(f["images"], f["labels"], int(f["num_classes"]), name)
+
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise DatasetUnavailableError(_unavailable_message(name, data_dir, err)) from None
+    # Without TensorFlow TFDS cannot build the data set; asking it to would try the network and
+    # then fail deep inside with an unrelated ImportError, so we only read what is prepared.
+    can_prepare = importlib.util.find_spec("tensorflow") is not None
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=can_prepare)
+    except Exception as err:  # TFDS fails in many ways (NotImplementedError, ImportError, I/O)
+        message = _unavailable_message(name, data_dir, err, can_prepare)
+        raise DatasetUnavailableError(message) from None
+    try:
+        num_classes = int(source.dataset_info.features["label"].num_classes)
+        images, labels = _materialise(source, chunk_size)
+    except Exception as err:  # e.g. a decoder that needs TensorFlow, or a damaged file
+        problem = "is prepared{where} but could not be decoded here"
+        message = _unavailable_message(name, data_dir, err, can_prepare, problem)
+        raise DatasetUnavailableError(message) from None
+
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp.npz")  # written then renamed: no half-written cache
+        np.savez(tmp, images=images, labels=labels, num_classes=num_classes)
+        os.replace(tmp, cache_file)
+    return Dataset(images=images, labels=labels, num_classes=num_classes, name=name)
+
+
+def _materialise(source, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every record of a data source into (n, H, W, C) uint8 and (n,) int32 arrays."""
+    n = len(source)
+    images: np.ndarray | None = None
+    labels = np.empty((n,), np.int32)
+    for start in range(0, n, chunk_size):
+        keys = list(range(start, min(start + chunk_size, n)))
+        try:
+            records = source.__getitems__(keys)  # one batched read of the array_record file
+        except TypeError:
+            # tfds.testing.mock_data (TFDS 4.9) installs an unbound __getitems__ that raises
+            # TypeError; reading record by record gives the same data.
+            records = [source[k] for k in keys]
+        chunk = np.stack([np.asarray(r["image"]) for r in records])
+        if images is None:
+            images = np.empty((n, *chunk.shape[1:]), chunk.dtype)
+        images[start : start + len(keys)] = chunk
+        labels[start : start + len(keys)] = [int(r["label"]) for r in records]
+    if images is None:
+        raise ValueError("the data source is empty")
+    return images, labels
+
+
+# --- IDX directories ----------------------------------------------------------------------------
+
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def _find_idx_file(directory: Path, split: str, kind: str, ndim: int) -> Path:
+    # The official names use a dash; some mirrors (e.g. Kaggle) use a dot before "idx".
+    stems = [
+        f"{_IDX_PREFIX[split]}-{kind}-idx{ndim}-ubyte",
+        f"{_IDX_PREFIX[split]}-{kind}.idx{ndim}-ubyte",
+    ]
+    for stem in stems:
+        for candidate in (directory / stem, directory / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(
+        f"{directory}: no {split} {kind} file; expected {stems[0]} or {stems[0]}.gz"
+    )
+
+
+def load_idx_dir(directory: str | os.PathLike, split: str) -> Dataset:
+    """Load a split from the four MNIST-style IDX files in ``directory`` (uint8 images, labels)."""
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"idx data directory {directory} does not exist")
+    image_file = _find_idx_file(directory, split, "images", 3)
+    label_file = _find_idx_file(directory, split, "labels", 1)
+    images, labels = read_idx(image_file), read_idx(label_file)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"{image_file}: expected uint8 images of shape (n, H, W), "
+            f"got {images.dtype} {images.shape}"
+        )
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise ValueError(f"{label_file}: expected uint8 labels of shape (n,), got {labels.shape}")
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} labels"
+        )
+    # Class count from both splits' labels, so train and test agree even if a split lacks a class.
+    all_labels = [labels]
+    other = "test" if split == "train" else "train"
+    try:
+        all_labels.append(read_idx(_find_idx_file(directory, other, "labels", 1)))
+    except FileNotFoundError:
+        pass
+    num_classes = max(int(x.max()) + 1 for x in all_labels if x.size) if labels.size else 0
+    return Dataset(
+        images=images[..., None],
+        labels=labels.astype(np.int32),
+        num_classes=num_classes,
+        name=f"idx:{directory}",
+    )
+
+
+# --- synthetic ----------------------------------------------------------------------------------
+
+
+def synthetic(
+    n: int,
+    image_shape: tuple[int, int, int] = (28, 28, 1),
+    num_classes: int = 10,
+    seed: int = 0,
+) -> Dataset:
+    """n random uint8 images of ``image_shape`` (H, W, C) with random labels; a function of seed."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, *image_shape), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, size=(n,), dtype=np.int32)
+    return Dataset(images=images, labels=labels, num_classes=num_classes, name="synthetic")
+
+
+def _synthetic_from_name(name: str, split: str) -> Dataset:
+    """``synthetic[:HxWxC[:N]]``; N defaults to Fashion-MNIST's 60,000 train / 10,000 test."""
+    parts = name.split(":")
+    try:
+        shape = tuple(int(d) for d in parts[1].split("x")) if len(parts) > 1 else (28, 28, 1)
+        n = int(parts[2]) if len(parts) > 2 else (60_000 if split == "train" else 10_000)
+        if len(parts) > 3 or len(shape) != 3 or min(shape) < 1 or n < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"bad synthetic data set name {name!r}; expected synthetic[:HxWxC[:N]], "
+            "e.g. synthetic:28x28x1:60000"
+        ) from None
+    return synthetic(n, shape, seed=SPLITS.index(split))
