@@ -1,0 +1,106 @@
+"""The model zoo: the book's CNNs (and the dropout chapter's MLP) as Flax linen modules.
+
+Inputs are NHWC float arrays; every model returns float32 logits and is called as
+``model.apply(variables, x, train=bool, rngs={"dropout": key})``. ``dtype`` sets the computation
+dtype (e.g. ``jnp.bfloat16``); parameters stay float32. Look models up by name::
+
+    model = get_model("lenet", num_classes=10, activation="relu")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+``BOOK_INPUT_SIZE[name]`` is the height (= width) the book feeds each model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+
+from jaxnotes.models.alexnet import AlexNet
+from jaxnotes.models.googlenet import (
+    AuxHead,
+    GoogLeNet,
+    Inception,
+    classification_loss,
+    cross_entropy,
+    googlenet_loss,
+)
+from jaxnotes.models.lenet import LeNet
+from jaxnotes.models.mlp import MLP
+from jaxnotes.models.nin import NiN, NiNBlock, nin_block
+from jaxnotes.models.vgg import (
+    VGG,
+    VGG11_ARCH,
+    VGG16_ARCH,
+    VGGBlock,
+    stage_receptive_fields,
+    vgg11,
+    vgg11_small,
+    vgg16,
+    vgg_block,
+)
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "lenet": LeNet,
+    "alexnet": AlexNet,
+    "vgg11": vgg11,
+    "vgg11_small": vgg11_small,
+    "vgg16": vgg16,
+    "nin": NiN,
+    "googlenet": GoogLeNet,
+}
+
+BOOK_INPUT_SIZE: dict[str, int] = {
+    "mlp": 28,
+    "lenet": 28,
+    "alexnet": 224,
+    "vgg11": 224,
+    "vgg11_small": 224,
+    "vgg16": 224,
+    "nin": 224,
+    "googlenet": 96,
+}
+
+
+def get_model(name: str, num_classes: int = 10, **kw: Any) -> nn.Module:
+    """The model called ``name`` (see ``MODELS``); ``kw`` sets its fields, e.g. ``dropout=0.3``,
+    ``aux_logits=True`` (googlenet), ``activation="relu"`` (lenet), ``dtype=jnp.bfloat16``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    factory = MODELS[name]
+    cls = factory.func if hasattr(factory, "func") else factory
+    fields = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name")]
+    unknown = sorted(set(kw) - set(fields))
+    if unknown:
+        raise TypeError(f"{name} has no field(s) {unknown}; its fields: {', '.join(fields)}")
+    return factory(num_classes=num_classes, **kw)
+
+
+__all__ = [
+    "BOOK_INPUT_SIZE",
+    "MLP",
+    "MODELS",
+    "VGG",
+    "VGG11_ARCH",
+    "VGG16_ARCH",
+    "AlexNet",
+    "AuxHead",
+    "GoogLeNet",
+    "Inception",
+    "LeNet",
+    "NiN",
+    "NiNBlock",
+    "VGGBlock",
+    "classification_loss",
+    "cross_entropy",
+    "get_model",
+    "googlenet_loss",
+    "nin_block",
+    "stage_receptive_fields",
+    "vgg11",
+    "vgg11_small",
+    "vgg16",
+    "vgg_block",
+]

@@ -1,0 +1,227 @@
+"""Building blocks the model zoo shares: shape-checked conv / pooling, input checks, the loss.
+
+Every conv and pooling layer asserts at trace time (``chex.assert_shape``) that its output has the
+shape :mod:`jaxnotes.shapes` predicts from that layer's own kernel, stride and padding, so a wrong
+layer or a wrong formula fails at ``init`` (or under ``jax.eval_shape``), never silently.
+
+A plain stack of layers is written as data, a tuple of :class:`Spec` (the book's kernel, stride
+and padding), so the same tuple both builds the layers (:func:`run_stack`) and gives the smallest
+input the stack accepts (:func:`min_input_size`), which the models' input check reports.
+
+Layout everywhere is NHWC: ``(batch, height, width, channels)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxnotes import shapes
+
+# (kernel, stride, padding per side) of one conv or pooling layer along height and width.
+Window = tuple[int, int, int]
+
+# d2l initialises every conv and dense kernel with Xavier (Glorot) uniform; the sigmoid LeNet in
+# particular trains as in the book only with it (flax's default lecun_normal is narrower).
+KERNEL_INIT = nn.initializers.xavier_uniform()
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "sigmoid": nn.sigmoid}
+
+
+def activation_fn(activation: str | Callable[[jax.Array], jax.Array]) -> Callable:
+    """``"relu"`` / ``"sigmoid"`` (or any callable) as a function."""
+    if callable(activation):
+        return activation
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)} or a callable, got {activation!r}"
+        )
+    return ACTIVATIONS[activation]
+
+
+# ---- layers ----------------------------------------------------------------------------------
+
+
+def conv(
+    x: jax.Array,
+    features: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    *,
+    dtype: Any = jnp.float32,
+    name: str | None = None,
+) -> jax.Array:
+    """Square ``nn.Conv``, Xavier kernel, float32 params: (N, H, W, C) -> (N, H', W', features).
+
+    Call it inside a ``@nn.compact`` method: the ``nn.Conv`` becomes a child of that module.
+    ``padding`` is per side, as in the book's ``nn.Conv2d(..., padding=p)``.
+    """
+    layer = nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dtype=dtype,
+        kernel_init=KERNEL_INIT,
+        name=name,
+    )
+    y = layer(x)
+    height, width = shapes.conv_output_shape(x.shape[1:3], kernel_size, stride, padding)
+    chex.assert_shape(y, (x.shape[0], height, width, features))
+    return y
+
+
+def dense(
+    x: jax.Array, features: int, *, dtype: Any = jnp.float32, name: str | None = None
+) -> jax.Array:
+    """``nn.Dense`` with a Xavier kernel: (N, D) -> (N, features)."""
+    return nn.Dense(features, dtype=dtype, kernel_init=KERNEL_INIT, name=name)(x)
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+class _Pool(nn.Module):
+    """A pooling window per channel: (N, H, W, C) -> (N, H', W', C), the padding per side.
+
+    A module rather than a bare function so that :func:`jaxnotes.shapes.summarize` lists it.
+    """
+
+    window: int | tuple[int, int]
+    stride: int | None = None  # None: the window, as in the book
+    padding: int = 0
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        window = _pair(self.window)
+        stride = window if self.stride is None else _pair(self.stride)
+        pad = ((self.padding, self.padding), (self.padding, self.padding))
+        y = self.reduce(x, window, strides=stride, padding=pad)
+        height, width = shapes.pool_output_shape(x.shape[1:3], window, stride, self.padding)
+        chex.assert_shape(y, (x.shape[0], height, width, x.shape[3]))
+        return y
+
+
+class MaxPool(_Pool):
+    """Max pooling; the padding is -inf, so it never wins (as PyTorch's ``MaxPool2d``)."""
+
+    reduce = staticmethod(nn.max_pool)
+
+
+class AvgPool(_Pool):
+    """Average pooling; padded zeros count in the mean (PyTorch's ``AvgPool2d`` default too)."""
+
+    reduce = staticmethod(nn.avg_pool)
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over height and width, whatever their size: (N, H, W, C) -> (N, C)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.mean(x, axis=(1, 2))
+        chex.assert_shape(y, (x.shape[0], x.shape[3]))
+        return y
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """(N, ...) -> (N, D). NHWC order: a PyTorch (NCHW) dense weight needs its columns permuted."""
+    return x.reshape(x.shape[0], -1)
+
+
+# ---- stacks written as data ------------------------------------------------------------------
+
+
+class Spec(NamedTuple):
+    """One conv (``features`` > 0) or pooling layer of a plain stack, as the book writes it."""
+
+    kind: str  # "conv", "max" or "avg"
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    features: int = 0
+
+    @property
+    def window(self) -> Window:
+        return (self.kernel, self.stride, self.padding)
+
+
+def conv_spec(features: int, kernel: int, stride: int = 1, padding: int = 0) -> Spec:
+    return Spec("conv", kernel, stride, padding, features)
+
+
+def pool_spec(kind: str, kernel: int, stride: int | None = None, padding: int = 0) -> Spec:
+    if kind not in ("max", "avg"):
+        raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
+    return Spec(kind, kernel, kernel if stride is None else stride, padding)
+
+
+def run_stack(
+    x: jax.Array, specs: Sequence[Spec], *, act: Callable, dtype: Any = jnp.float32
+) -> jax.Array:
+    """Apply ``specs`` in order (conv -> ``act``; pools as they are) inside a compact method."""
+    for spec in specs:
+        if spec.kind == "conv":
+            x = act(conv(x, spec.features, spec.kernel, spec.stride, spec.padding, dtype=dtype))
+        elif spec.kind == "max":
+            x = MaxPool(spec.kernel, spec.stride, spec.padding)(x)
+        elif spec.kind == "avg":
+            x = AvgPool(spec.kernel, spec.stride, spec.padding)(x)
+        else:
+            raise ValueError(f"unknown layer kind {spec.kind!r} in {spec}")
+    return x
+
+
+# ---- input checks ----------------------------------------------------------------------------
+
+
+def min_input_size(windows: Sequence[Window]) -> int:
+    """Smallest height (or width) for which every layer of ``windows`` gives an output >= 1.
+
+    Walks the stack from the top, where one output unit is enough, down to the input, inverting
+    ``out = floor((n - k + 2p + s) / s)``: an output of at least ``m`` needs
+    ``n >= (m - 1) * s + k - 2p`` (and ``n >= 1``). The forward formulas then confirm the result.
+    """
+    size = 1
+    for kernel, stride, padding in reversed(list(windows)):
+        size = max(1, (size - 1) * stride + kernel - 2 * padding)
+    n = size
+    for kernel, stride, padding in windows:  # raises if the inversion above were wrong
+        n = shapes.conv_output_size(n, kernel, stride, padding)
+    return size
+
+
+LAYOUT = "NHWC (N, H, W, C)"
+
+
+def check_input(x: Any, *, model: str, min_size: int) -> None:
+    """Raise a ``ValueError`` naming the layout and the smallest size, before any layer runs.
+
+    Catches a wrong rank, channels-first (NCHW) data, and images smaller than ``min_size``; an XLA
+    error from deep inside the network would name none of these.
+    """
+    shape = tuple(x.shape)
+    expects = (
+        f"{model} expects a float array of layout {LAYOUT} with H and W >= {min_size} "
+        f"(its smallest input size, from its kernels, strides and paddings)"
+    )
+    if len(shape) != 4:
+        hint = {
+            2: " (one grey image? use x[None, :, :, None])",
+            3: " (one image (H, W, C) or a batch without channels (N, H, W)? "
+            "use x[None] or x[..., None])",
+        }.get(len(shape), "")
+        raise ValueError(f"{expects}; got shape {shape} of rank {len(shape)}{hint}")
+    _, height, width, channels = shape
+    if height in (1, 3) and channels > 4:
+        raise ValueError(
+            f"{expects}; got shape {shape}, which looks channels-first (N, C, H, W): "
+            "convert with x.transpose(0, 2, 3, 1)"
+        )
+    if height < min_size or width < min_size:
+        raise ValueError(f"{expects}; got H x W = {height} x {width} (shape {shape})")
