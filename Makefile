@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/python -m jaxnotes.demo
+	$(BIN)/python -m train
 
 lint: setup
 	$(BIN)/ruff check .

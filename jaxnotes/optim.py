@@ -1,0 +1,76 @@
+"""Optimizers as optax chains, with weight decay that never touches biases (chapter 2).
+
+Weight decay comes in two forms:
+
+- coupled (``decoupled=False``): the L2 penalty ``wd/2 * ||w||^2`` added to the loss, i.e.
+  ``wd * w`` added to the gradient *before* the optimizer transforms it (momentum, Adam's scaling);
+- decoupled (the default): ``wd * w`` added to the update *after* the optimizer's transform and
+  before the learning rate, as optax.adamw and SGDW do.
+
+For plain SGD both give exactly gradient descent on ``loss + wd/2 * ||w||^2``; with momentum or
+Adam they differ (Adam's per-coordinate scaling would shrink a coupled penalty's effect where
+gradients are large). Either way a mask keeps biases and every other 1-D parameter undecayed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def decay_mask(params: Any) -> Any:
+    """True for parameters weight decay applies to: every array with more than one dimension.
+
+    Biases (and any other vector, such as a norm scale) are 1-D and stay undecayed.
+    """
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float | optax.Schedule,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    decoupled: bool = True,
+) -> optax.GradientTransformation:
+    """An optax optimizer by name.
+
+    Args:
+      name: "sgd", "momentum" (SGD with momentum, 0.9 unless given) or "adam". "sgd" with
+        ``momentum > 0`` is SGD with momentum too.
+      learning_rate: a positive float or an optax schedule (step -> learning rate).
+      momentum: heavy-ball momentum for SGD, in [0, 1).
+      weight_decay: non-negative decay rate; 0 disables it.
+      decoupled: add ``weight_decay * w`` after the optimizer's transform (default) or, with
+        False, to the gradient before it (the classic L2 penalty).
+
+    Raises:
+      ValueError: unknown name or a value out of range.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if not callable(learning_rate) and not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if name == "momentum" and momentum == 0.0:
+        momentum = 0.9
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+    if name == "adam":
+        transform = optax.scale_by_adam()
+    elif momentum > 0:
+        transform = optax.trace(decay=momentum)
+    else:
+        transform = optax.identity()
+    decay = [optax.add_decayed_weights(weight_decay, mask=decay_mask)] if weight_decay > 0 else []
+    if decoupled:
+        chain = [transform, *decay]
+    else:
+        chain = [*decay, transform]
+    return optax.chain(*chain, optax.scale_by_learning_rate(learning_rate))

@@ -1,0 +1,178 @@
+"""The training engine: the step against a hand-written reference, determinism, resume, guard."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxnotes import data, optim, training
+from jaxnotes.models import get_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits", "train"), data.load("digits", "test")
+
+
+def _mlp_config(**overrides) -> training.TrainConfig:
+    base = dict(
+        model="mlp", dataset="digits", epochs=3, batch_size=64, learning_rate=0.1, progress=False
+    )
+    return training.TrainConfig(**{**base, **overrides})
+
+
+def _fit(config, digits, workdir=None, **kwargs):
+    train, test = digits
+    return training.fit(
+        config, workdir, train_data=train, test_data=test, log=lambda line: None, **kwargs
+    )
+
+
+def test_train_step_equals_a_hand_written_sgd_step():
+    model = get_model("lenet")
+    tx = optim.make_optimizer("sgd", 0.5)
+    state = training.create_train_state(model, tx, (28, 28, 1), seed=0)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.random((8, 28, 28, 1)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32),
+    }
+    params = jax.tree.map(np.asarray, state.params)  # copies: the state is donated below
+
+    def reference_loss(p):
+        logits = model.apply({"params": p}, batch["image"])
+        return optax.softmax_cross_entropy(logits, jax.nn.one_hot(batch["label"], 10)).mean()
+
+    grads = jax.grad(reference_loss)(params)
+    expected = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
+    step = training.jit_train_step(training.make_train_step(model, tx))
+    new_state, metrics = step(state, batch, training.empty_metrics())
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+        new_state.params,
+        expected,
+    )
+    assert int(new_state.step) == 1
+    np.testing.assert_allclose(metrics["loss_sum"] / 8, reference_loss(params), rtol=1e-5)
+
+
+def test_public_train_and_eval_step(digits):
+    model = get_model("mlp")
+    tx = optim.make_optimizer("sgd", 0.1)
+    state = training.create_train_state(model, tx, (8, 8, 1), seed=0)
+    batch = next(data.train_batches(digits[0], 32, seed=0, epoch=0))
+    state, metrics = training.train_step(state, batch, training.empty_metrics(), model=model, tx=tx)
+    assert int(state.step) == 1 and float(metrics["count"]) == 32
+    eval_batch = next(data.eval_batches(digits[1], 64))
+    result = training.eval_step(
+        state.params, eval_batch, training.empty_eval_metrics(), model=model
+    )
+    assert float(result["count"]) == 64
+
+
+def test_evaluation_covers_every_example_once(digits):
+    train, test = digits
+    model = get_model("mlp")
+    tx = optim.make_optimizer("sgd", 0.1)
+    state = training.create_train_state(model, tx, (8, 8, 1), seed=3)
+    eval_step = training.jit_eval_step(training.make_eval_step(model))
+    result = training.evaluate(eval_step, state.params, test, batch_size=128)  # 540 = 4*128 + 28
+    # Reference: one forward pass over the whole test set, NumPy metrics.
+    logits = np.asarray(model.apply({"params": state.params}, jnp.asarray(test.images)))
+    expected_acc = np.mean(np.argmax(logits, -1) == test.labels)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    expected_loss = -np.mean(log_probs[np.arange(len(test)), test.labels])
+    np.testing.assert_allclose(result["acc"], expected_acc, atol=1e-6)
+    np.testing.assert_allclose(result["loss"], expected_loss, rtol=1e-4)
+
+
+def test_same_seed_same_results_different_seed_different(digits):
+    first = _fit(_mlp_config(seed=1), digits)
+    second = _fit(_mlp_config(seed=1), digits)
+    other = _fit(_mlp_config(seed=2), digits)
+    strip = lambda history: [{k: v for k, v in h.items() if k != "wall_s"} for h in history]
+    assert strip(first.history) == strip(second.history)
+    assert strip(first.history) != strip(other.history)
+    assert first.compilations == 1  # no recompilation after the first step
+
+
+def test_resume_in_process_gives_the_same_parameters(digits, tmp_path):
+    # MLP with dropout: exercises the per-step keys (fold_in(key, step)) and the data order.
+    straight = _fit(_mlp_config(epochs=4), digits, tmp_path / "straight")
+    _fit(_mlp_config(epochs=2), digits, tmp_path / "split")
+    resumed = _fit(_mlp_config(epochs=4), digits, tmp_path / "split", resume=True)
+    assert len(resumed.history) == 4 and resumed.history[1]["epoch"] == 2
+    jax.tree.map(np.testing.assert_array_equal, straight.state.params, resumed.state.params)
+    assert (tmp_path / "split" / "metrics.jsonl").read_text().count("\n") == 4
+    assert (tmp_path / "split" / "learning_curves.png").stat().st_size > 1000
+
+
+def test_resume_needs_a_checkpoint_and_the_same_settings(digits, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        _fit(_mlp_config(), digits, tmp_path / "empty", resume=True)
+    _fit(_mlp_config(epochs=1), digits, tmp_path / "run")
+    with pytest.raises(ValueError, match="learning_rate"):
+        _fit(_mlp_config(epochs=2, learning_rate=0.2), digits, tmp_path / "run", resume=True)
+
+
+def test_non_finite_loss_stops_with_the_step_and_causes(digits):
+    config = training.TrainConfig(
+        model="lenet", resize=28, epochs=1, batch_size=32, learning_rate=1e38, progress=False
+    )
+    with pytest.raises(training.TrainingDivergedError) as error:
+        _fit(config, digits)
+    assert error.value.kind == "non-finite"
+    assert f"at step {error.value.step}" in str(error.value)
+    assert "learning rate too large" in str(error.value) and "division by zero" in str(error.value)
+
+
+def test_exploding_but_finite_loss_stops_as_divergence(digits):
+    with pytest.raises(training.TrainingDivergedError) as error:
+        _fit(_mlp_config(learning_rate=20.0, model_kwargs={"dropout": 0.0}), digits)
+    assert error.value.kind == "diverged" and np.isfinite(error.value.loss)
+    assert "over 1000 x the first loss" in str(error.value)
+
+
+def test_guard_keeps_the_last_good_checkpoint(digits, tmp_path):
+    train, test = digits
+    # One poisoned example (0 * inf = NaN in the first layer) placed at a known step of epoch 0.
+    images = train.images.copy()
+    images[7] = np.inf
+    poisoned = dataclasses.replace(train, images=images)
+    config = _mlp_config(epochs=1, batch_size=16, checkpoint_every_steps=10, log_every=10**6)
+    order = data.epoch_permutation(len(train), config.seed, 0)
+    bad_step = int(np.where(order == 7)[0][0]) // 16
+    assert bad_step >= 10, "pick another example index for this seed"
+    with pytest.raises(training.TrainingDivergedError) as error:
+        _fit(config, (poisoned, test), tmp_path)
+    assert error.value.step == bad_step and error.value.kind == "non-finite"
+    last_good = (bad_step // 10) * 10
+    assert error.value.checkpoint.endswith(f"checkpoints/{last_good}")
+    manager = ocp.CheckpointManager(tmp_path / "checkpoints")
+    assert manager.latest_step() == last_good  # nothing saved after the bad step
+    restored = manager.restore(last_good, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    leaves = jax.tree.leaves(restored["state"]["params"])
+    assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
+
+
+def test_bf16_computes_in_bf16_and_keeps_float32_parameters(digits):
+    config = _mlp_config(precision="bf16")
+    assert training.build(config, *digits)["model"].dtype == jnp.bfloat16
+    result = _fit(config, digits)
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves(result.state.params)}
+    assert dtypes == {jnp.dtype(jnp.float32)}
+    fp32 = _fit(_mlp_config(), digits)
+    assert result.summary["test_acc"] > 0.8
+    assert abs(result.summary["test_acc"] - fp32.summary["test_acc"]) < 0.05
+    assert abs(result.summary["train_loss"] / fp32.summary["train_loss"] - 1) < 0.15
+
+
+def test_config_validation():
+    for bad in ({"epochs": 0}, {"learning_rate": 0.0}, {"precision": "fp8"}, {"batch_size": 0}):
+        with pytest.raises(ValueError):
+            _mlp_config(**bad).validate()
