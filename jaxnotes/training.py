@@ -34,7 +34,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 
@@ -119,12 +118,48 @@ def _logits(outputs: Any) -> jax.Array:
     return outputs[0] if isinstance(outputs, tuple | list) else outputs
 
 
+def uses_dropout(model: nn.Module, images: jax.Array) -> bool:
+    """Whether ``model`` asks for a "dropout" key in training mode (traced only, no compute)."""
+    from flax.errors import InvalidRngError
+
+    shape = jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype)
+    try:
+        variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), shape)
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=True), variables, shape)
+    except InvalidRngError:
+        return True
+    return False
+
+
+def _apply_train(model, params, images, step_key, first_index, per_example_keys):
+    """Forward pass in training mode.
+
+    With ``per_example_keys``, example i of the global batch draws its dropout mask from
+    ``fold_in(step_key, i)``: the masks then depend on (key, step, example) only, never on how the
+    batch is split over devices, so one device, a sharded mesh and pmap compute the same thing.
+    The model runs vmapped over single examples, which XLA batches back into one computation.
+    """
+    if not per_example_keys:
+        return model.apply({"params": params}, images, train=True, rngs={"dropout": step_key})
+    indices = first_index + jnp.arange(images.shape[0])
+    keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(indices)
+
+    def one(x, key):
+        return model.apply({"params": params}, x[None], train=True, rngs={"dropout": key})
+
+    outputs = jax.vmap(one)(images, keys)
+    return jax.tree.map(lambda out: out[:, 0], outputs)
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     preprocess: Callable[[jax.Array], jax.Array] = _identity,
     aux_weight: float = 0.3,
     divergence_factor: float = 1e3,
+    *,
+    per_example_keys: bool | None = None,
+    axis_name: str | None = None,
 ) -> Callable:
     """The un-jitted train step ``(state, batch, metrics) -> (state, metrics)``.
 
@@ -132,19 +167,30 @@ def make_train_step(
     normalize) runs inside the step, on the device. The loss is the mean cross-entropy (plus
     ``aux_weight`` x each auxiliary head's for GoogLeNet), computed in float32. Jit it with
     :func:`jit_train_step` (or with shardings, see ``jaxnotes.parallel``).
+
+    per_example_keys: dropout keys per example (see :func:`_apply_train`); None decides by
+      whether the model uses dropout at all (models without it skip the per-example form).
+    axis_name: under ``jax.pmap``, the device axis: gradients and the loss are averaged and the
+      counts summed over it, so every device applies the global batch's update.
     """
 
     def train_step(state: TrainState, batch: dict, metrics: dict) -> tuple[TrainState, dict]:
         images, labels = preprocess(batch["image"]), batch["label"]
-        dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        local_batch = labels.shape[0]
+        first_index = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_batch
+        per_example = uses_dropout(model, images) if per_example_keys is None else per_example_keys
 
         def loss_fn(params):
-            outputs = model.apply(
-                {"params": params}, images, train=True, rngs={"dropout": dropout_key}
-            )
+            outputs = _apply_train(model, params, images, step_key, first_index, per_example)
             return classification_loss(outputs, labels, aux_weight), _logits(outputs)
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        count = jnp.asarray(local_batch, jnp.float32)
+        if axis_name is not None:
+            grads, loss = jax.lax.pmean((grads, loss), axis_name)
+            correct, count = jax.lax.psum((correct, count), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
@@ -153,9 +199,9 @@ def make_train_step(
         bad = ~finite | (loss > divergence_factor * first_loss)
         is_first_bad = bad & (metrics["bad_step"] < 0)
         metrics = {
-            "loss_sum": metrics["loss_sum"] + loss * labels.shape[0],
-            "correct": metrics["correct"] + jnp.sum(jnp.argmax(logits, -1) == labels),
-            "count": metrics["count"] + labels.shape[0],
+            "loss_sum": metrics["loss_sum"] + loss * count,
+            "correct": metrics["correct"] + correct,
+            "count": metrics["count"] + count,
             "first_loss": first_loss,
             "bad_step": jnp.where(is_first_bad, state.step, metrics["bad_step"]),
             "bad_kind": jnp.where(is_first_bad, jnp.where(finite, 2, 1), metrics["bad_kind"]),
@@ -177,11 +223,15 @@ def empty_eval_metrics() -> dict[str, jax.Array]:
 
 
 def make_eval_step(
-    model: nn.Module, preprocess: Callable[[jax.Array], jax.Array] = _identity
+    model: nn.Module,
+    preprocess: Callable[[jax.Array], jax.Array] = _identity,
+    *,
+    axis_name: str | None = None,
 ) -> Callable:
     """The un-jitted eval step ``(params, batch, metrics) -> metrics``.
 
-    ``batch`` has a "mask" (1 real, 0 padding): padded examples count for nothing.
+    ``batch`` has a "mask" (1 real, 0 padding): padded examples count for nothing. Under
+    ``jax.pmap`` pass the device ``axis_name``: the sums are then totalled over devices.
     """
 
     def eval_step(params: Any, batch: dict, metrics: dict) -> dict:
@@ -189,11 +239,14 @@ def make_eval_step(
         logits = _logits(logits).astype(jnp.float32)
         labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        return {
-            "loss_sum": metrics["loss_sum"] + jnp.sum(losses * mask),
-            "correct": metrics["correct"] + jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-            "count": metrics["count"] + jnp.sum(mask),
+        sums = {
+            "loss_sum": jnp.sum(losses * mask),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            "count": jnp.sum(mask),
         }
+        if axis_name is not None:
+            sums = jax.lax.psum(sums, axis_name)
+        return jax.tree.map(jnp.add, metrics, sums)
 
     return eval_step
 
@@ -308,6 +361,7 @@ class TrainConfig:
     aux_weight: float = 0.3
     progress: bool = True
     devices: int = 1  # data-parallel devices (jaxnotes.parallel); results do not depend on it
+    parallel: str = "sharded"  # with devices > 1: "sharded" (mesh + jit) or "pmap"
 
     def validate(self) -> None:
         """Raise ValueError for values no run can use (the runner turns it into exit code 2)."""
@@ -326,6 +380,7 @@ class TrainConfig:
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (self.devices >= 1, f"devices must be >= 1, got {self.devices}"),
+            (self.parallel in ("sharded", "pmap"), "parallel must be 'sharded' or 'pmap'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -411,16 +466,13 @@ class FitResult:
     state: TrainState
     history: list[dict]
     summary: dict
-    compilations: int  # how many times the train step compiled (1 in a healthy run)
-
-
-def _to_host(metrics: dict) -> dict:
-    return {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
+    compilations: int | None  # times the train step compiled (1 in a healthy run; None: pmap)
 
 
 def _mean(sums: dict) -> tuple[float, float]:
-    count = max(sums["count"], 1.0)
-    return sums["loss_sum"] / count, sums["correct"] / count
+    """(mean loss, accuracy) as Python floats from host sums."""
+    count = max(float(sums["count"]), 1.0)
+    return float(sums["loss_sum"]) / count, float(sums["correct"]) / count
 
 
 def _learning_rate(config: TrainConfig, total_steps: int) -> float | optax.Schedule:
@@ -429,11 +481,20 @@ def _learning_rate(config: TrainConfig, total_steps: int) -> float | optax.Sched
     return config.learning_rate
 
 
-def build(config: TrainConfig, train_data, test_data) -> dict:
-    """Model, optimizer, preprocessing and jitted steps for a config and its data."""
+def build(config: TrainConfig, train_data, placement=None) -> dict:
+    """Model, optimizer, preprocessing and the jitted steps for a config and its data.
+
+    ``placement`` (``jaxnotes.parallel``) decides how the steps are compiled: one device, a mesh
+    or pmap; by default it follows ``config.devices`` / ``config.parallel``.
+    """
     from jaxnotes import data as jdata
+    from jaxnotes import parallel
     from jaxnotes.models import get_model
 
+    if placement is None:
+        if config.devices > 1:
+            parallel.check_devices(config.devices, config.batch_size)
+        placement = parallel.make_placement(config.devices, config.parallel)
     steps_per_epoch = jdata.steps_per_epoch(len(train_data), config.batch_size)
     model = get_model(
         config.model,
@@ -455,32 +516,46 @@ def build(config: TrainConfig, train_data, test_data) -> dict:
     height, width, channels = train_data.images.shape[1:]
     side = config.resize
     input_shape = (side, side, channels) if side else (height, width, channels)
+    axis = placement.axis_name
+    train_step = make_train_step(
+        model, tx, preprocess, config.aux_weight, config.divergence_factor, axis_name=axis
+    )
     return {
         "model": model,
         "tx": tx,
         "preprocess": preprocess,
         "input_shape": input_shape,
         "steps_per_epoch": steps_per_epoch,
-        "train_step": jit_train_step(
-            make_train_step(model, tx, preprocess, config.aux_weight, config.divergence_factor)
-        ),
-        "eval_step": jit_eval_step(make_eval_step(model, preprocess)),
+        "placement": placement,
+        "train_step": placement.jit_train(train_step),
+        "eval_step": placement.jit_eval(make_eval_step(model, preprocess, axis_name=axis)),
     }
 
 
-def evaluate(eval_step: Callable, params: Any, dataset, batch_size: int) -> dict:
-    """Mean loss and accuracy over every example of ``dataset`` (one host pull at the end)."""
-    from jaxnotes import data as jdata
+def evaluate(eval_step: Callable, params: Any, dataset, batch_size: int, placement=None) -> dict:
+    """Mean loss and accuracy over every example of ``dataset`` (one host pull at the end).
 
-    metrics = empty_eval_metrics()
-    for batch in jdata.prefetch_to_device(jdata.eval_batches(dataset, batch_size)):
+    ``batch_size`` is rounded up to a multiple of the placement's device count (more padding,
+    same result).
+    """
+    from jaxnotes import data as jdata
+    from jaxnotes import parallel
+
+    placement = placement or parallel.SingleDevice()
+    devices = placement.num_devices
+    batch_size = -(-batch_size // devices) * devices
+    batches = jdata.eval_batches(
+        dataset, batch_size, num_shards=placement.process_count, shard_index=placement.process_index
+    )
+    metrics = placement.put(empty_eval_metrics())
+    for batch in placement.batches(batches):
         metrics = eval_step(params, batch, metrics)
-    loss, acc = _mean(_to_host(metrics))
+    loss, acc = _mean(placement.host(metrics))
     return {"loss": loss, "acc": acc}
 
 
-def _progress(config: TrainConfig, total: int, epoch: int):
-    if not config.progress:
+def _progress(config: TrainConfig, total: int, epoch: int, enabled: bool):
+    if not (config.progress and enabled):
         return None
     from tqdm.auto import tqdm
 
@@ -509,7 +584,8 @@ def fit(
     Args:
       config: the experiment.
       workdir: where ``metrics.jsonl``, ``learning_curves.png`` and ``checkpoints/`` go; None
-        writes nothing (no checkpoints, no resume).
+        writes nothing (no checkpoints, no resume). With several processes only process 0
+        writes logs and files; orbax writes each replicated array once.
       resume: continue from the latest checkpoint in ``workdir`` (parameters, optimizer state,
         step, key; the data order follows from (seed, epoch)). FileNotFoundError if none.
       train_data, test_data: ``jaxnotes.data.Dataset``s; loaded from ``config.dataset`` if None.
@@ -527,8 +603,10 @@ def fit(
         train_data = jdata.load(config.dataset, "train")
     if test_data is None:
         test_data = jdata.load(config.dataset, "test")
-    parts = build(config, train_data, test_data)
-    steps_per_epoch = parts["steps_per_epoch"]
+    parts = build(config, train_data)
+    placement, steps_per_epoch = parts["placement"], parts["steps_per_epoch"]
+    primary = placement.process_index == 0
+    log = log if primary else (lambda line: None)
     state = create_train_state(parts["model"], parts["tx"], parts["input_shape"], config.seed)
 
     workdir = Path(workdir) if workdir is not None else None
@@ -546,22 +624,27 @@ def fit(
         last_checkpoint = str(checkpoints.directory / str(int(state.step)))
         log(f"resumed from step {int(state.step)} ({last_checkpoint})")
 
+    def save(epoch: int) -> str:
+        return checkpoints.save(placement.unplace(state), _meta(config, epoch, history))
+
     train_step, eval_step = parts["train_step"], parts["eval_step"]
-    metrics = empty_metrics()
     step = int(state.step)
+    state, metrics = placement.put(state), placement.put(empty_metrics())
     # Throughput counts training steps only (no evaluation, no first step: it compiles).
     train_examples, train_seconds, compiled = 0, 0.0, False
     for epoch in range(step // steps_per_epoch, config.epochs):
-        bar = _progress(config, steps_per_epoch * config.batch_size, epoch)
+        bar = _progress(config, steps_per_epoch * config.batch_size, epoch, primary)
         batches = jdata.train_batches(
             train_data,
             config.batch_size,
             seed=config.seed,
             epoch=epoch,
             start_batch=step - epoch * steps_per_epoch,
+            num_shards=placement.process_count,
+            shard_index=placement.process_index,
         )
         epoch_start, timed_from_step = time.perf_counter(), step
-        for batch in jdata.prefetch_to_device(batches):
+        for batch in placement.batches(batches):
             state, metrics = train_step(state, batch, metrics)
             step += 1
             if not compiled:
@@ -573,43 +656,44 @@ def fit(
                 config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
             )
             if step % config.log_every == 0 or at_step_checkpoint:
-                host = _to_host(metrics)
+                host = placement.host(metrics)
                 check_guard(host, last_checkpoint, config.divergence_factor)
                 if bar is not None:
                     bar.set_postfix(loss=f"{_mean(host)[0]:.4f}")
                 if at_step_checkpoint and checkpoints is not None:
-                    last_checkpoint = checkpoints.save(state, _meta(config, epoch, history))
+                    last_checkpoint = save(epoch)
         if bar is not None:
             bar.close()
-        host = _to_host(metrics)
+        host = placement.host(metrics)
         check_guard(host, last_checkpoint, config.divergence_factor)
-        jax.block_until_ready(state.step)
         train_seconds += time.perf_counter() - epoch_start
         train_examples += (step - timed_from_step) * config.batch_size
         train_loss, train_acc = _mean(host)
-        test = evaluate(eval_step, state.params, test_data, config.eval_batch_size)
-        record = {
-            "epoch": epoch + 1,
-            "step": step,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "test_loss": test["loss"],
-            "test_acc": test["acc"],
-            "wall_s": time.perf_counter() - start_time,
-        }
-        history.append(record)
-        metrics = reset_sums(metrics)
+        test = evaluate(eval_step, state.params, test_data, config.eval_batch_size, placement)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "test_loss": test["loss"],
+                "test_acc": test["acc"],
+                "wall_s": time.perf_counter() - start_time,
+            }
+        )
+        metrics = placement.put(reset_sums(placement.host(metrics)))
         log(
             f"epoch {epoch + 1}/{config.epochs}  loss {train_loss:.4f}  train acc "
             f"{train_acc:.4f}  test acc {test['acc']:.4f}"
         )
         if workdir is not None:
-            _write_history(workdir, history)
+            if primary:
+                _write_history(workdir, history)
             if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
-                last_checkpoint = checkpoints.save(state, _meta(config, epoch + 1, history))
+                last_checkpoint = save(epoch + 1)
     if checkpoints is not None:
         checkpoints.close()
-    if workdir is not None and history:
+    if workdir is not None and history and primary:
         from jaxnotes import plots
 
         plots.learning_curves(history, workdir / "learning_curves.png", title=config.model)
@@ -626,10 +710,14 @@ def fit(
         "wall_s": time.perf_counter() - start_time,
         "steps": step,
         "precision": config.precision,
-        "devices": 1,
-        "compilations": train_step._cache_size(),
+        "devices": placement.num_devices,
+        "processes": placement.process_count,
+        # jit's count of compiled variants of the step (pmap exposes none)
+        "compilations": getattr(train_step, "_cache_size", lambda: None)(),
     }
-    return FitResult(state, history, summary, compilations=summary["compilations"])
+    return FitResult(
+        placement.unplace(state), history, summary, compilations=summary["compilations"]
+    )
 
 
 def _meta(config: TrainConfig, epoch: int, history: list[dict]) -> dict:

@@ -162,7 +162,7 @@ def test_guard_keeps_the_last_good_checkpoint(digits, tmp_path):
 
 def test_bf16_computes_in_bf16_and_keeps_float32_parameters(digits):
     config = _mlp_config(precision="bf16")
-    assert training.build(config, *digits)["model"].dtype == jnp.bfloat16
+    assert training.build(config, digits[0])["model"].dtype == jnp.bfloat16
     result = _fit(config, digits)
     dtypes = {leaf.dtype for leaf in jax.tree.leaves(result.state.params)}
     assert dtypes == {jnp.dtype(jnp.float32)}

@@ -38,7 +38,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--normalization", default="scale", choices=("scale", "standardize", "imagenet")
     )
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--devices", type=int, default=1, help="data-parallel devices")
+    parser.add_argument("--devices", type=int, default=1, help="data-parallel devices (global)")
+    parser.add_argument(
+        "--parallel",
+        default="sharded",
+        choices=("sharded", "pmap"),
+        help="with --devices > 1: one jit over a device mesh (default) or jax.pmap",
+    )
+    parser.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0")
+    parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
     parser.add_argument("--workdir", help="default: runs/MODEL-DATASET/TIMESTAMP")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument(
@@ -97,6 +106,7 @@ def build_config(args: argparse.Namespace):
         checkpoint_every_steps=args.checkpoint_every_steps,
         progress=not args.no_progress,
         devices=args.devices,
+        parallel=args.parallel,
         **settings,
     )
     try:
@@ -122,6 +132,10 @@ def _check_dataset_name(name: str) -> None:
 def resolve_workdir(args: argparse.Namespace) -> Path:
     """The run's folder; checks it is writable and that nothing in it would be lost."""
     base = Path("runs") / f"{args.model}-{args.dataset.replace(':', '_').replace('/', '_')}"
+    import jax
+
+    if jax.process_count() > 1 and not args.workdir:
+        raise UsageError("with several processes, give every process the same --workdir")
     if args.workdir:
         workdir = Path(args.workdir)
     elif args.resume:
@@ -146,7 +160,7 @@ def resolve_workdir(args: argparse.Namespace) -> Path:
         shutil.rmtree(checkpoints)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write-test"
+        probe = workdir / f".write-test-{jax.process_index()}"
         probe.write_text("")
         probe.unlink()
     except OSError as error:
@@ -157,16 +171,27 @@ def resolve_workdir(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        # Before anything touches the JAX backend.
+        from jaxnotes.parallel import maybe_initialize_distributed
+
+        maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as error:
+        print(f"python -m train: error: {error}", file=sys.stderr)
+        return 2
+    try:
         config = build_config(args)
         workdir = resolve_workdir(args)
     except UsageError as error:
         print(f"python -m train: error: {error}", file=sys.stderr)
         return 2
 
+    import jax
+
     from jaxnotes.data import DatasetUnavailableError
     from jaxnotes.training import TrainingDivergedError, fit
 
-    print(f"workdir {workdir}", file=sys.stderr)
+    if jax.process_index() == 0:
+        print(f"workdir {workdir}", file=sys.stderr)
     try:
         result = fit(config, workdir, resume=args.resume)
     except (ValueError, FileNotFoundError, DatasetUnavailableError) as error:
@@ -176,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m train: {error}", file=sys.stderr)
         return 1
     summary = {**result.summary, "workdir": str(workdir)}
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
+    if jax.process_index() == 0:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary))
     return 0

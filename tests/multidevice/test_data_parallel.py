@@ -1,0 +1,146 @@
+"""Data parallelism on 4 fake CPU devices equals one device (run by tests/test_parallel.py).
+
+Every comparison is against the single-device run of the same global batch, the independent
+reference here: the parallel paths must compute exactly the function it computes.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxnotes import data, parallel, training
+from train import cli
+
+pytestmark = pytest.mark.skipif(jax.device_count() != 4, reason="needs JAX_NUM_CPU_DEVICES=4")
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits", "train"), data.load("digits", "test")
+
+
+def _config(model: str, **overrides) -> training.TrainConfig:
+    base = dict(model=model, batch_size=32, learning_rate=0.1, progress=False)
+    if model == "lenet":
+        base.update(resize=28, learning_rate=0.5)
+    return training.TrainConfig(**{**base, **overrides})
+
+
+def _train(config, train_data, placement, steps: int):
+    """``steps`` training steps on the same global batches; returns params (host) and metrics."""
+    parts = training.build(config, train_data, placement)
+    state = training.create_train_state(
+        parts["model"], parts["tx"], parts["input_shape"], config.seed
+    )
+    state, metrics = placement.put(state), placement.put(training.empty_metrics())
+    batches = data.train_batches(train_data, config.batch_size, seed=0, epoch=0)
+    for _, batch in zip(range(steps), placement.batches(batches), strict=False):
+        state, metrics = parts["train_step"](state, batch, metrics)
+    params = placement.host(state.params)
+    return params, placement.host(metrics)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet"])  # with dropout and without
+@pytest.mark.parametrize("steps", [1, 10])
+@pytest.mark.parametrize("path", ["sharded", "pmap"])
+def test_four_devices_equal_one(digits, model, steps, path):
+    config = _config(model)
+    reference, ref_metrics = _train(config, digits[0], parallel.SingleDevice(), steps)
+    placement = parallel.make_placement(4, path)
+    assert placement.num_devices == 4
+    params, metrics = _train(config, digits[0], placement, steps)
+    for ours, ref in zip(jax.tree.leaves(params), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss_sum"], ref_metrics["loss_sum"], rtol=1e-5)
+    assert float(metrics["correct"]) == float(ref_metrics["correct"])
+    assert float(metrics["count"]) == 32 * steps
+
+
+def test_sharded_state_is_replicated_and_batch_split(digits):
+    config = _config("mlp")
+    placement = parallel.ShardedDataParallel(4)
+    parts = training.build(config, digits[0], placement)
+    state = placement.put(
+        training.create_train_state(parts["model"], parts["tx"], (8, 8, 1), config.seed)
+    )
+    batch = next(iter(placement.batches(data.train_batches(digits[0], 32, seed=0, epoch=0))))
+    assert batch["image"].sharding.spec == jax.sharding.PartitionSpec("batch")
+    assert {s.data.shape[0] for s in batch["image"].addressable_shards} == {8}
+    leaf = jax.tree.leaves(state.params)[0]
+    assert leaf.sharding.is_fully_replicated and len(leaf.addressable_shards) == 4
+
+
+def test_runner_with_four_devices_matches_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    summaries = {}
+    for devices in (1, 4):
+        args = ["--epochs", "3", "--devices", str(devices), "--no-progress"]
+        assert cli.main([*args, "--workdir", f"d{devices}"]) == 0
+        summaries[devices] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    one, four = summaries[1], summaries[4]
+    assert four["devices"] == 4 and one["devices"] == 1
+    assert abs(four["train_loss"] - one["train_loss"]) / one["train_loss"] < 1e-4
+    assert four["test_acc"] == one["test_acc"]
+
+
+def test_batch_that_does_not_divide_is_refused():
+    with pytest.raises(ValueError, match="does not divide by 4 devices"):
+        parallel.check_devices(4, 30)
+    with pytest.raises(ValueError, match="only 4 exist"):
+        parallel.check_devices(8, 32)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_train_like_one(digits, tmp_path):
+    """jax.distributed on localhost: 2 processes x 2 CPU devices, each feeding half the batch."""
+    port = _free_port()
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    env.pop("JAXNOTES_MULTIDEVICE", None)
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "two_process_worker.py"),
+                f"localhost:{port}",
+                str(i),
+                str(tmp_path),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-3000:]
+    per_process = [dict(np.load(tmp_path / f"params_{i}.npz")) for i in range(2)]
+    # The single-process reference: the same config on 4 local devices, and on one device.
+    from two_process_worker import CONFIG  # noqa: E402 (same settings as the workers)
+
+    single = training.fit(CONFIG, train_data=digits[0], test_data=digits[1], log=lambda s: None)
+    reference = {
+        "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(single.state.params)
+    }
+    assert per_process[0].keys() == reference.keys()
+    for name in reference:
+        np.testing.assert_array_equal(per_process[0][name], per_process[1][name])
+        np.testing.assert_allclose(per_process[0][name], reference[name], atol=1e-5, rtol=1e-5)
+    assert "process 0 of 2" in outputs[0] and "process 1 of 2" in outputs[1]
+    assert (tmp_path / "run" / "metrics.jsonl").exists()  # written by process 0
