@@ -176,3 +176,18 @@ def test_config_validation():
     for bad in ({"epochs": 0}, {"learning_rate": 0.0}, {"precision": "fp8"}, {"batch_size": 0}):
         with pytest.raises(ValueError):
             _mlp_config(**bad).validate()
+
+
+def test_scanned_steps_equal_single_steps(digits):
+    # 39 steps per epoch: groups of 4 plus a tail of 3 single steps, with dropout (MLP).
+    single = _fit(_mlp_config(epochs=2, batch_size=32), digits)
+    scanned = _fit(_mlp_config(epochs=2, batch_size=32, steps_per_dispatch=4), digits)
+    for a, b in zip(
+        jax.tree.leaves(single.state.params), jax.tree.leaves(scanned.state.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert scanned.summary["steps"] == single.summary["steps"] == 78
+    assert scanned.compilations == 1
+    np.testing.assert_allclose(
+        scanned.history[-1]["train_loss"], single.history[-1]["train_loss"], rtol=1e-5
+    )

@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("sharded", "pmap"),
         help="with --devices > 1: one jit over a device mesh (default) or jax.pmap",
     )
+    parser.add_argument(
+        "--steps-per-dispatch",
+        type=int,
+        default=1,
+        help="run this many steps per jit call (lax.scan; one device only)",
+    )
     parser.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0")
     parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
@@ -107,6 +113,7 @@ def build_config(args: argparse.Namespace):
         progress=not args.no_progress,
         devices=args.devices,
         parallel=args.parallel,
+        steps_per_dispatch=args.steps_per_dispatch,
         **settings,
     )
     try:
