@@ -245,6 +245,9 @@ def _crossed(previous: int, step: int, every: int) -> bool:
 
 def _group(batches: Iterator[dict], k: int) -> Iterator[dict]:
     """Stack every k consecutive batches (leading axis k); a shorter tail comes one by one."""
+    if k == 1:
+        yield from batches
+        return
     pending: list[dict] = []
     for batch in batches:
         pending.append(batch)

@@ -187,7 +187,7 @@ def test_scanned_steps_equal_single_steps(digits):
     ):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
     assert scanned.summary["steps"] == single.summary["steps"] == 78
-    assert scanned.compilations == 1
+    assert scanned.compilations == single.compilations == 1
     np.testing.assert_allclose(
         scanned.history[-1]["train_loss"], single.history[-1]["train_loss"], rtol=1e-5
     )
