@@ -126,3 +126,60 @@ def scatter_scores(
     axes[0][0].set_ylabel(score.replace("_", " "))
     fig.tight_layout()
     return _save(fig, path)
+
+
+def loss_panels(
+    panels: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | os.PathLike | None = None,
+    xlabel: str = "epoch",
+    ylabel: str = "loss",
+    log_y: bool = False,
+):
+    """One panel per entry of ``panels`` (its title), each with its named curves against the
+    epoch (1, 2, ...): e.g. the polynomial fits' train / test losses side by side."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels.items(), strict=True):
+        for name, values in series.items():
+            ax.plot(np.arange(1, len(values) + 1), values, label=name)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(ylabel)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def sweep_panels(
+    x: Sequence[float],
+    panels: Mapping[str, Mapping[str, Sequence[float]]],
+    xlabel: str,
+    path: str | os.PathLike | None = None,
+    symlog_x: bool = False,
+    log_y: bool = False,
+):
+    """Quantities against a swept parameter, one panel per entry of ``panels`` (its y label).
+
+    ``symlog_x`` gives a log axis that still shows x = 0 (e.g. weight decay lambda = 0).
+    """
+    plt = _pyplot()
+    x = np.asarray(x, np.float64)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels.items(), strict=True):
+        for name, values in series.items():
+            ax.plot(x, values, "o-", label=name)
+        if symlog_x:
+            positive = x[x > 0]
+            ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
