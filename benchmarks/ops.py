@@ -52,7 +52,9 @@ def main() -> None:
     try:
         import torch
 
-        torch.set_num_threads(os.cpu_count() or 1)
+        # One thread: a single small conv gains nothing from more, and on a loaded 2-core host
+        # torch's second thread waits out scheduler slices (16 ms per call was seen).
+        torch.set_num_threads(1)
     except ImportError:
         torch = None
     corr2d = jax.jit(ops.corr2d)
