@@ -9,6 +9,11 @@ and padding), so the same tuple both builds the layers (:func:`run_stack`) and g
 input the stack accepts (:func:`min_input_size`), which the models' input check reports.
 
 Layout everywhere is NHWC: ``(batch, height, width, channels)``.
+
+On the CPU backend (float32), convolutions and max pooling take the fast paths of
+:mod:`jaxnotes.models.cpu_kernels`: the same functions, written with the ops XLA:CPU runs well
+(its own convolution is 10-50x slower than it should be on this book's shapes). Parameters are
+created by ``nn.Conv`` either way, so checkpoints and parameter trees do not depend on the backend.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnotes import shapes
+from jaxnotes.models import cpu_kernels
 
 # (kernel, stride, padding per side) of one conv or pooling layer along height and width.
 Window = tuple[int, int, int]
@@ -60,7 +66,9 @@ def conv(
     """Square ``nn.Conv``, Xavier kernel, float32 params: (N, H, W, C) -> (N, H', W', features).
 
     Call it inside a ``@nn.compact`` method: the ``nn.Conv`` becomes a child of that module.
-    ``padding`` is per side, as in the book's ``nn.Conv2d(..., padding=p)``.
+    ``padding`` is per side, as in the book's ``nn.Conv2d(..., padding=p)``. On CPU in float32
+    the convolution itself runs :func:`jaxnotes.models.cpu_kernels.conv_general_dilated`
+    (elsewhere ``lax.conv_general_dilated``, i.e. cuDNN on GPUs).
     """
     layer = nn.Conv(
         features,
@@ -69,6 +77,7 @@ def conv(
         padding=((padding, padding), (padding, padding)),
         dtype=dtype,
         kernel_init=KERNEL_INIT,
+        conv_general_dilated=cpu_kernels.conv_general_dilated,
         name=name,
     )
     y = layer(x)
@@ -108,10 +117,17 @@ class _Pool(nn.Module):
         return y
 
 
+def max_pool(x: jax.Array, window, strides, padding) -> jax.Array:
+    """``nn.max_pool``; on CPU (float32) the same function with a gradient XLA:CPU runs fast."""
+    if cpu_kernels.fast_path_enabled(x):
+        return cpu_kernels.max_pool(x, window, strides, padding)
+    return nn.max_pool(x, window, strides=strides, padding=padding)
+
+
 class MaxPool(_Pool):
     """Max pooling; the padding is -inf, so it never wins (as PyTorch's ``MaxPool2d``)."""
 
-    reduce = staticmethod(nn.max_pool)
+    reduce = staticmethod(max_pool)
 
 
 class AvgPool(_Pool):
