@@ -2,6 +2,7 @@
 plain Flax reference (``flax_reference``) and our model zoo are the same architectures, and the
 script runs end to end (tiny settings, CPU, without grain and TFDS as on the GPU machines)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -133,6 +134,10 @@ def test_throughput_smoke_run_without_grain_and_tfds(tmp_path):
     args = ["--models", "lenet", "--steps", "2", "--batch", "8", "--epoch-examples", "64"]
     args += ["--warmup", "1", "--repeats", "1", "--peak-size", "128"]
     args += ["--json", str(tmp_path / "results.json")]
+    # Without torch (the 3.12 compat venv) the PyTorch columns c and d are left out, not failed.
+    has_torch = importlib.util.find_spec("torch") is not None
+    parts = ("a", "b", "c", "d", "e") if has_torch else ("a", "b", "e")
+    args += ["--parts", ",".join(parts)]
     env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)}
     done = subprocess.run(
         [sys.executable, "-c", SMOKE, *args],
@@ -150,7 +155,10 @@ def test_throughput_smoke_run_without_grain_and_tfds(tmp_path):
     for column in ("a-bf16", "a-fp32", "b", "c", "d", "e-bf16", "e-fp32", "a/c", "a/e", "%peak"):
         assert column in header.split()
     row = next(line for line in out.splitlines() if line.startswith("lenet "))
-    assert " - " not in row, row  # every cell measured
+    cells = dict(zip(header.split(), row.split(), strict=True))
+    measured = ["a-bf16", "a-fp32", "b", "b/a", "e-bf16", "e-fp32", "a/e", "TFLOP/s", "%peak"]
+    measured += ["c", "d", "a/c", "a/d"] if has_torch else []
+    assert all(cells[column] != "-" for column in measured), row  # every cell run was measured
     for label in ("a-bf16", "a-fp32", "b"):
         assert any(
             line.strip().startswith(label) and "compilations 1" in line for line in out.splitlines()
