@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.jaxnotes-installed
 # Python 3.12 venv for `make test-compat` (Colab and the GPU machines run 3.12 with the newest jax).
+# It leaves out the long accuracy runs (marker `accuracy`), which `make test` already ran.
 COMPAT_VENV ?= .venv312
 COMPAT_PYTHON ?= $(shell PYENV_VERSION=3.12.1 python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null)
 
@@ -34,7 +35,7 @@ test-compat:
 	test -x $(COMPAT_VENV)/bin/python || PYENV_VERSION=3.12.1 $(COMPAT_PYTHON) -m venv $(COMPAT_VENV); \
 	$(COMPAT_VENV)/bin/python -m pip install -q --disable-pip-version-check -U -e '.[dev]' jax flax optax chex; \
 	$(COMPAT_VENV)/bin/python -c "import sys, jax, flax, optax; print('compat:', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__)"; \
-	$(COMPAT_VENV)/bin/python -m pytest -q
+	$(COMPAT_VENV)/bin/python -m pytest -q -m "not accuracy"
 
 bench: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -493,6 +493,73 @@ def test_registry():
     assert models.Inception is Inception
 
 
+# Smallest cheap input per model for the initialiser tests (AlexNet / NiN at their minimum).
+INIT_SIZES = {"mlp": 8, "lenet": 28, "alexnet": 65, "vgg11_small": 32, "nin": 67, "googlenet": 1}
+# GoogLeNet (with its aux heads) compiles slowly on CPU: He only; Xavier is the default and the
+# test below shows the two differ there.
+INIT_CASES = [(n, w) for n in INIT_SIZES if n != "googlenet" for w in ("xavier", "he")]
+
+
+@pytest.mark.parametrize(("name", "weight_init"), [*INIT_CASES, ("googlenet", "he")])
+def test_kernel_variance_follows_the_initialiser_formula(name, weight_init):
+    """Every kernel's sample variance against the closed form of its initialiser.
+
+    Xavier (Glorot) uniform: 2 / (fan_in + fan_out); He (Kaiming) normal: 2 / fan_in, with
+    fan_in = kh * kw * c_in and fan_out = kh * kw * c_out for a conv (c_in, c_out for a dense).
+    Biases start at zero either way.
+    """
+    side = INIT_SIZES[name]
+    extra = {"aux_logits": True} if name == "googlenet" else {}
+    model = get_model(name, weight_init=weight_init, **extra)
+    params = jax.jit(model.init)(KEY, jnp.zeros((1, side, side, 1)))["params"]
+    checked = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        leaf = np.asarray(leaf, np.float64)
+        if path[-1].key == "bias":
+            assert not leaf.any(), path
+            continue
+        receptive = int(np.prod(leaf.shape[:-2]))  # kh * kw (1 for a dense kernel)
+        fan_in, fan_out = receptive * leaf.shape[-2], receptive * leaf.shape[-1]
+        expected = 2 / fan_in if weight_init == "he" else 2 / (fan_in + fan_out)
+        if leaf.size >= 2000:  # small kernels: too few samples for a 15% check
+            assert leaf.var() == pytest.approx(expected, rel=0.15), (path, leaf.shape)
+            checked += 1
+    assert checked >= 3
+    if name == "googlenet":
+        assert "aux_4a" in params and "aux_4d" in params  # the heads' kernels were checked too
+
+
+def test_he_init_keeps_googlenets_activations_alive():
+    """Why the digits preset trains GoogLeNet from He init: the mean square of the Inception
+    outputs at init, on unit-variance input. Xavier halves a ReLU layer's signal, so it decays
+    ~400x from block 3a to 5b; He keeps it within one order of magnitude."""
+    x = jax.random.normal(jax.random.key(1), (8, 32, 32, 1))
+    is_inception = lambda module, _: isinstance(module, Inception)
+    mean_squares = {}
+    for weight_init in ("xavier", "he"):
+        model = GoogLeNet(weight_init=weight_init)
+        apply = functools.partial(
+            model.apply, capture_intermediates=is_inception, mutable=["intermediates"]
+        )
+        _, state = jax.jit(apply)(jax.jit(model.init)(KEY, x), x)
+        blocks = state["intermediates"]
+        mean_squares[weight_init] = [
+            float(jnp.mean(blocks[f"inception_{name}"]["__call__"][0] ** 2))
+            for name in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")
+        ]
+    xavier, he = mean_squares["xavier"], mean_squares["he"]
+    assert xavier[-1] / xavier[0] < 0.01
+    assert he[-1] / he[0] > 0.1 and he[-1] > 0.3
+    assert he[-1] > 1000 * xavier[-1]
+
+
+def test_unknown_weight_init_is_refused():
+    for name in ("lenet", "googlenet", "mlp"):
+        model = get_model(name, weight_init="kaiming")
+        with pytest.raises(ValueError, match=r"weight_init must be one of \['he', 'xavier'\]"):
+            model.init(KEY, jnp.zeros((1, 28, 28, 1)))
+
+
 def test_vgg_receptive_fields():
     assert stage_receptive_fields(VGG11_ARCH) == (
         (3, 4),

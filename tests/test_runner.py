@@ -143,3 +143,48 @@ def test_dropout_mlp_preset_reaches_090(tmp_path):
     done = _run(["--model", "mlp", "--no-progress"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["test_acc"] >= 0.90
+
+
+@pytest.mark.slow
+@pytest.mark.accuracy
+def test_googlenet_digits_preset_reaches_090(tmp_path):
+    # He init, aux heads, Adam 1e-3 with cosine decay, 10 epochs at 32x32: ~65 s on 2 cores.
+    done = _run(["--model", "googlenet", "--no-progress", "--checkpoint-every", "0"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["test_acc"] >= 0.90, summary
+    assert summary["compilations"] == 1
+
+
+def test_googlenet_digits_preset_trains_with_the_auxiliary_heads():
+    preset = {"aux_logits": True, "weight_init": "he"}
+    config = cli.build_config(cli.parse_args(["--model", "googlenet"]))
+    assert config.model_kwargs == preset
+    assert (config.optimizer, config.learning_rate, config.resize) == ("adam", 1e-3, 32)
+    assert config.schedule == "cosine"
+    args = ["--model", "googlenet", "--no-aux-logits", "--weight-init", "xavier"]
+    config = cli.build_config(cli.parse_args([*args, "--schedule", "constant"]))
+    assert config.model_kwargs == {"aux_logits": False, "weight_init": "xavier"}
+    assert config.schedule == "constant"
+    config = cli.build_config(cli.parse_args(["--model", "googlenet", "--dropout", "0.5"]))
+    assert config.model_kwargs == {**preset, "aux_dropout": 0.5}
+    config = cli.build_config(cli.parse_args(["--model", "lenet", "--weight-init", "he"]))
+    assert config.model_kwargs == {"weight_init": "he"}
+    # The book's Fashion-MNIST setting has no auxiliary heads.
+    book = cli.build_config(cli.parse_args(["--model", "googlenet", "--dataset", "fashion_mnist"]))
+    assert book.model_kwargs == {}
+    # A flag never leaks into the preset table for the next run.
+    assert cli.build_config(cli.parse_args(["--model", "googlenet"])).model_kwargs == preset
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "googlenet", "--no-aux-logits", "--dropout", "0.5"], "no dropout layer"),
+        (["--model", "lenet", "--aux-logits"], "--aux-logits applies to googlenet only"),
+        (["--model", "mlp", "--no-aux-logits"], "--aux-logits applies to googlenet only"),
+    ],
+)
+def test_aux_logits_flag_errors(args, message):
+    with pytest.raises(cli.UsageError, match=message):
+        cli.build_config(cli.parse_args(args))

@@ -31,8 +31,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--optimizer", choices=("sgd", "momentum", "adam"))
     parser.add_argument("--momentum", type=float)
     parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        help="learning rate: constant, or cosine decay to 0 over the run (default: the preset's)",
+    )
     parser.add_argument("--dropout", type=float, help="dropout rate of the model's dropout layers")
-    parser.add_argument("--aux-logits", action="store_true", help="GoogLeNet's auxiliary heads")
+    parser.add_argument(
+        "--aux-logits",
+        action=argparse.BooleanOptionalAction,
+        help="GoogLeNet's auxiliary heads (default: the preset's; on for digits)",
+    )
+    parser.add_argument(
+        "--weight-init",
+        choices=("xavier", "he"),
+        help="kernel initialiser: xavier (d2l's) or he (default: the preset's)",
+    )
     parser.add_argument("--resize", type=int, help="image side the model sees (on the device)")
     parser.add_argument(
         "--normalization", default="scale", choices=("scale", "standardize", "imagenet")
@@ -82,21 +96,25 @@ def build_config(args: argparse.Namespace):
         "optimizer": args.optimizer,
         "momentum": args.momentum,
         "resize": args.resize,
+        "schedule": args.schedule,
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    model_kwargs = {}
+    model_kwargs = settings.pop("model_kwargs", {})
+    if args.aux_logits is not None:
+        if args.model != "googlenet":
+            raise UsageError("--aux-logits applies to googlenet only")
+        model_kwargs["aux_logits"] = args.aux_logits
+    if args.weight_init is not None:
+        model_kwargs["weight_init"] = args.weight_init
     if args.dropout is not None:
-        if args.model in ("lenet", "googlenet") and not (
-            args.model == "googlenet" and args.aux_logits
+        # GoogLeNet's only dropout layers are in its auxiliary heads.
+        if args.model == "lenet" or (
+            args.model == "googlenet" and not model_kwargs.get("aux_logits", False)
         ):
             raise UsageError(f"--dropout: {args.model} has no dropout layer in the book")
         if not 0.0 <= args.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
         model_kwargs["aux_dropout" if args.model == "googlenet" else "dropout"] = args.dropout
-    if args.aux_logits:
-        if args.model != "googlenet":
-            raise UsageError("--aux-logits applies to googlenet only")
-        model_kwargs["aux_logits"] = True
     if args.devices < 1:
         raise UsageError(f"--devices must be >= 1, got {args.devices}")
     config = TrainConfig(

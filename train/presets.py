@@ -9,6 +9,7 @@ command and what it should reach.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 # The book's settings (Fashion-MNIST, chapters 3 and 7-10).
@@ -41,8 +42,21 @@ DIGITS: dict[str, dict[str, Any]] = {
     },
     # >= 0.95 (dropout 0.2 / 0.5 as in the book)
     "mlp": {"learning_rate": 0.1, "batch_size": 32, "epochs": 20, "resize": None},
-    # >= 0.90; 32x32 is the smallest input the five stages reduce cleanly
-    "googlenet": {"learning_rate": 0.05, "batch_size": 32, "epochs": 8, "resize": 32},
+    # >= 0.90 (0.97-0.98 over seeds 0-2) in about 65 s; 32x32 is the smallest input the five
+    # stages reduce cleanly. Without batch norm this 22-layer ReLU net sits at chance for epochs
+    # from d2l's Xavier init (its signal decays ~400x from block 3a to 5b); He init keeps it
+    # alive. Adam, the two auxiliary classifiers and a cosine decay (steady last epochs) do the
+    # rest. Measured, 10-14 epochs: Xavier + SGD 0.05 ~0.10; Xavier + Adam 0.81-0.93;
+    # He + Adam, no heads 0.96-0.98; this preset 0.98.
+    "googlenet": {
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "schedule": "cosine",
+        "batch_size": 32,
+        "epochs": 10,
+        "resize": 32,
+        "model_kwargs": {"aux_logits": True, "weight_init": "he"},
+    },
     "alexnet": {"learning_rate": 0.01, "batch_size": 32, "epochs": 10, "resize": 68},
     "vgg11_small": {"learning_rate": 0.05, "batch_size": 32, "epochs": 10, "resize": 32},
     "vgg11": {"learning_rate": 0.05, "batch_size": 32, "epochs": 10, "resize": 32},
@@ -56,4 +70,4 @@ def preset(model: str, dataset: str) -> dict[str, Any]:
     table = DIGITS if dataset == "digits" else BOOK
     if model not in table:
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(sorted(table))}")
-    return dict(table[model])
+    return copy.deepcopy(table[model])

@@ -41,6 +41,7 @@ class AlexNet(nn.Module):
     num_classes: int = 10
     dropout: float = 0.5
     dtype: Any = jnp.float32
+    weight_init: str = "xavier"  # kernel initialiser: "xavier" (d2l) or "he" (layers.KERNEL_INITS)
 
     def min_input_size(self) -> int:
         return layers.min_input_size([spec.window for spec in FEATURES])
@@ -48,9 +49,13 @@ class AlexNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         layers.check_input(x, model="AlexNet", min_size=self.min_input_size())
-        x = layers.run_stack(x, FEATURES, act=nn.relu, dtype=self.dtype)
+        x = layers.run_stack(
+            x, FEATURES, act=nn.relu, dtype=self.dtype, weight_init=self.weight_init
+        )
         x = layers.flatten(x)
         for width in HIDDEN:
-            x = nn.relu(layers.dense(x, width, dtype=self.dtype))
+            x = nn.relu(layers.dense(x, width, dtype=self.dtype, weight_init=self.weight_init))
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return layers.dense(x, self.num_classes, dtype=self.dtype).astype(jnp.float32)
+        return layers.dense(
+            x, self.num_classes, dtype=self.dtype, weight_init=self.weight_init
+        ).astype(jnp.float32)

@@ -32,9 +32,25 @@ from jaxnotes.models import cpu_kernels
 # (kernel, stride, padding per side) of one conv or pooling layer along height and width.
 Window = tuple[int, int, int]
 
-# d2l initialises every conv and dense kernel with Xavier (Glorot) uniform; the sigmoid LeNet in
-# particular trains as in the book only with it (flax's default lecun_normal is narrower).
-KERNEL_INIT = nn.initializers.xavier_uniform()
+# Kernel initialisers by name. "xavier" (Glorot uniform, variance 2 / (fan_in + fan_out)) is
+# d2l's for every conv and dense kernel; the sigmoid LeNet in particular trains as in the book only
+# with it (flax's default lecun_normal is narrower). "he" (Kaiming normal, variance 2 / fan_in)
+# keeps a ReLU layer's output variance equal to its input's; with Xavier, a deep ReLU stack
+# without batch norm (GoogLeNet's 22 layers) starts with activations shrinking layer by layer and
+# sits near chance for epochs.
+KERNEL_INITS: dict[str, nn.initializers.Initializer] = {
+    "xavier": nn.initializers.xavier_uniform(),
+    "he": nn.initializers.he_normal(),
+}
+KERNEL_INIT = KERNEL_INITS["xavier"]
+
+
+def kernel_init(name: str) -> nn.initializers.Initializer:
+    """The initialiser called ``name`` (a key of :data:`KERNEL_INITS`)."""
+    if name not in KERNEL_INITS:
+        raise ValueError(f"weight_init must be one of {sorted(KERNEL_INITS)}, got {name!r}")
+    return KERNEL_INITS[name]
+
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "sigmoid": nn.sigmoid}
 
@@ -61,13 +77,15 @@ def conv(
     padding: int = 0,
     *,
     dtype: Any = jnp.float32,
+    weight_init: str = "xavier",
     name: str | None = None,
 ) -> jax.Array:
-    """Square ``nn.Conv``, Xavier kernel, float32 params: (N, H, W, C) -> (N, H', W', features).
+    """Square ``nn.Conv``, float32 params: (N, H, W, C) -> (N, H', W', features).
 
     Call it inside a ``@nn.compact`` method: the ``nn.Conv`` becomes a child of that module.
-    ``padding`` is per side, as in the book's ``nn.Conv2d(..., padding=p)``. On CPU in float32
-    the convolution itself runs :func:`jaxnotes.models.cpu_kernels.conv_general_dilated`
+    ``padding`` is per side, as in the book's ``nn.Conv2d(..., padding=p)``; ``weight_init``
+    names the kernel initialiser (:data:`KERNEL_INITS`, Xavier as in d2l by default). On CPU in
+    float32 the convolution itself runs :func:`jaxnotes.models.cpu_kernels.conv_general_dilated`
     (elsewhere ``lax.conv_general_dilated``, i.e. cuDNN on GPUs).
     """
     layer = nn.Conv(
@@ -76,7 +94,7 @@ def conv(
         strides=(stride, stride),
         padding=((padding, padding), (padding, padding)),
         dtype=dtype,
-        kernel_init=KERNEL_INIT,
+        kernel_init=kernel_init(weight_init),
         conv_general_dilated=cpu_kernels.conv_general_dilated,
         name=name,
     )
@@ -87,10 +105,15 @@ def conv(
 
 
 def dense(
-    x: jax.Array, features: int, *, dtype: Any = jnp.float32, name: str | None = None
+    x: jax.Array,
+    features: int,
+    *,
+    dtype: Any = jnp.float32,
+    weight_init: str = "xavier",
+    name: str | None = None,
 ) -> jax.Array:
-    """``nn.Dense`` with a Xavier kernel: (N, D) -> (N, features)."""
-    return nn.Dense(features, dtype=dtype, kernel_init=KERNEL_INIT, name=name)(x)
+    """``nn.Dense``, kernel from ``weight_init`` (Xavier by default): (N, D) -> (N, features)."""
+    return nn.Dense(features, dtype=dtype, kernel_init=kernel_init(weight_init), name=name)(x)
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -178,12 +201,18 @@ def pool_spec(kind: str, kernel: int, stride: int | None = None, padding: int = 
 
 
 def run_stack(
-    x: jax.Array, specs: Sequence[Spec], *, act: Callable, dtype: Any = jnp.float32
+    x: jax.Array,
+    specs: Sequence[Spec],
+    *,
+    act: Callable,
+    dtype: Any = jnp.float32,
+    weight_init: str = "xavier",
 ) -> jax.Array:
     """Apply ``specs`` in order (conv -> ``act``; pools as they are) inside a compact method."""
     for spec in specs:
         if spec.kind == "conv":
-            x = act(conv(x, spec.features, spec.kernel, spec.stride, spec.padding, dtype=dtype))
+            kw = {"dtype": dtype, "weight_init": weight_init}
+            x = act(conv(x, spec.features, spec.kernel, spec.stride, spec.padding, **kw))
         elif spec.kind == "max":
             x = MaxPool(spec.kernel, spec.stride, spec.padding)(x)
         elif spec.kind == "avg":

@@ -37,6 +37,7 @@ class LeNet(nn.Module):
     num_classes: int = 10
     activation: str | Callable[[jax.Array], jax.Array] = "sigmoid"
     dtype: Any = jnp.float32
+    weight_init: str = "xavier"  # kernel initialiser: "xavier" (d2l) or "he" (layers.KERNEL_INITS)
 
     def min_input_size(self) -> int:
         return layers.min_input_size([spec.window for spec in FEATURES])
@@ -45,8 +46,10 @@ class LeNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         layers.check_input(x, model="LeNet", min_size=self.min_input_size())
         act = layers.activation_fn(self.activation)
-        x = layers.run_stack(x, FEATURES, act=act, dtype=self.dtype)
+        x = layers.run_stack(x, FEATURES, act=act, dtype=self.dtype, weight_init=self.weight_init)
         x = layers.flatten(x)
         for width in HIDDEN:
-            x = act(layers.dense(x, width, dtype=self.dtype))
-        return layers.dense(x, self.num_classes, dtype=self.dtype).astype(jnp.float32)
+            x = act(layers.dense(x, width, dtype=self.dtype, weight_init=self.weight_init))
+        return layers.dense(
+            x, self.num_classes, dtype=self.dtype, weight_init=self.weight_init
+        ).astype(jnp.float32)

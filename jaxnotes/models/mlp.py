@@ -27,6 +27,7 @@ class MLP(nn.Module):
     hidden: Sequence[int] = (256, 256)
     dropout: float | Sequence[float] = (0.2, 0.5)
     dtype: Any = jnp.float32
+    weight_init: str = "xavier"  # kernel initialiser: "xavier" (d2l) or "he" (layers.KERNEL_INITS)
 
     def rates(self) -> tuple[float, ...]:
         if isinstance(self.dropout, int | float):
@@ -49,6 +50,8 @@ class MLP(nn.Module):
             )
         x = layers.flatten(x)
         for width, rate in zip(self.hidden, self.rates(), strict=True):
-            x = nn.relu(layers.dense(x, width, dtype=self.dtype))
+            x = nn.relu(layers.dense(x, width, dtype=self.dtype, weight_init=self.weight_init))
             x = nn.Dropout(rate, deterministic=not train)(x)
-        return layers.dense(x, self.num_classes, dtype=self.dtype).astype(jnp.float32)
+        return layers.dense(
+            x, self.num_classes, dtype=self.dtype, weight_init=self.weight_init
+        ).astype(jnp.float32)

@@ -43,11 +43,14 @@ class NiNBlock(nn.Module):
     stride: int = 1
     padding: int = 0
     dtype: Any = jnp.float32
+    weight_init: str = "xavier"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         specs = nin_block_specs(self.out_channels, self.kernel_size, self.stride, self.padding)
-        return layers.run_stack(x, specs, act=nn.relu, dtype=self.dtype)
+        return layers.run_stack(
+            x, specs, act=nn.relu, dtype=self.dtype, weight_init=self.weight_init
+        )
 
 
 def nin_block(
@@ -68,6 +71,7 @@ class NiN(nn.Module):
     num_classes: int = 10
     dropout: float = 0.5
     dtype: Any = jnp.float32
+    weight_init: str = "xavier"  # kernel initialiser: "xavier" (d2l) or "he" (layers.KERNEL_INITS)
 
     def min_input_size(self) -> int:
         windows = []
@@ -79,8 +83,10 @@ class NiN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         layers.check_input(x, model="NiN", min_size=self.min_input_size())
         for channels, kernel, stride, padding in ARCH:
-            x = nin_block(channels, kernel, stride, padding, dtype=self.dtype)(x)
+            x = nin_block(
+                channels, kernel, stride, padding, dtype=self.dtype, weight_init=self.weight_init
+            )(x)
             x = layers.MaxPool(POOL.kernel, POOL.stride, POOL.padding)(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nin_block(self.num_classes, *LAST, dtype=self.dtype)(x)
+        x = nin_block(self.num_classes, *LAST, dtype=self.dtype, weight_init=self.weight_init)(x)
         return layers.GlobalAvgPool()(x).astype(jnp.float32)

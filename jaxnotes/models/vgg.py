@@ -50,11 +50,14 @@ class VGGBlock(nn.Module):
     num_convs: int
     out_channels: int
     dtype: Any = jnp.float32
+    weight_init: str = "xavier"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         specs = vgg_block_specs(self.num_convs, self.out_channels)
-        return layers.run_stack(x, specs, act=nn.relu, dtype=self.dtype)
+        return layers.run_stack(
+            x, specs, act=nn.relu, dtype=self.dtype, weight_init=self.weight_init
+        )
 
 
 def vgg_block(num_convs: int, out_channels: int, dtype: Any = jnp.float32, **kw: Any) -> VGGBlock:
@@ -90,6 +93,7 @@ class VGG(nn.Module):
     num_classes: int = 10
     dropout: float = 0.5
     dtype: Any = jnp.float32
+    weight_init: str = "xavier"  # kernel initialiser: "xavier" (d2l) or "he" (layers.KERNEL_INITS)
 
     def min_input_size(self) -> int:
         return layers.min_input_size(arch_windows(self.arch))
@@ -98,12 +102,14 @@ class VGG(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         layers.check_input(x, model="VGG", min_size=self.min_input_size())
         for num_convs, channels in self.arch:
-            x = vgg_block(num_convs, channels, dtype=self.dtype)(x)
+            x = vgg_block(num_convs, channels, dtype=self.dtype, weight_init=self.weight_init)(x)
         x = layers.flatten(x)
         for width in HIDDEN:
-            x = nn.relu(layers.dense(x, width, dtype=self.dtype))
+            x = nn.relu(layers.dense(x, width, dtype=self.dtype, weight_init=self.weight_init))
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return layers.dense(x, self.num_classes, dtype=self.dtype).astype(jnp.float32)
+        return layers.dense(
+            x, self.num_classes, dtype=self.dtype, weight_init=self.weight_init
+        ).astype(jnp.float32)
 
 
 vgg11 = functools.partial(VGG, arch=VGG11_ARCH)
