@@ -42,7 +42,6 @@ KERNEL_INITS: dict[str, nn.initializers.Initializer] = {
     "xavier": nn.initializers.xavier_uniform(),
     "he": nn.initializers.he_normal(),
 }
-KERNEL_INIT = KERNEL_INITS["xavier"]
 
 
 def kernel_init(name: str) -> nn.initializers.Initializer:
