@@ -29,7 +29,7 @@ import optax
 from jaxnotes import data as jdata
 from jaxnotes import ops, optim
 from jaxnotes.models import get_model
-from jaxnotes.selection import masked_accuracy, masked_cross_entropy, train_loop
+from jaxnotes.selection import classifier_fns, train_loop
 
 # --- weight decay --------------------------------------------------------------------------------
 
@@ -260,13 +260,7 @@ def _fit_dropout(
             rngs = {"dropout": dropout_key} if train else {}
             return model.apply({"params": p}, x, train=train, rngs=rngs)
 
-    def loss_fn(p, x, y, w, dropout_key):
-        return masked_cross_entropy(logits_fn(p, x, dropout_key), y, w)
-
-    def eval_fn(p, x, y, w):
-        logits = logits_fn(p, x, None)
-        return masked_cross_entropy(logits, y, w), masked_accuracy(logits, y, w)
-
+    loss_fn, eval_fn = classifier_fns(logits_fn)
     return train_loop(
         params,
         optim.make_optimizer("sgd", learning_rate),

@@ -63,6 +63,23 @@ def masked_accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array) ->
     return _masked_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), weights)
 
 
+def classifier_fns(logits_fn: Callable[..., jax.Array]) -> tuple[LossFn, EvalFn]:
+    """``train_loop``'s (loss_fn, eval_fn) for a classifier: masked cross-entropy and accuracy.
+
+    ``logits_fn(params, x, dropout_key) -> (batch, classes)`` logits; it gets a key when
+    training and ``None`` when evaluating (no dropout).
+    """
+
+    def loss_fn(params, x, y, w, dropout_key):
+        return masked_cross_entropy(logits_fn(params, x, dropout_key), y, w)
+
+    def eval_fn(params, x, y, w):
+        logits = logits_fn(params, x, None)
+        return masked_cross_entropy(logits, y, w), masked_accuracy(logits, y, w)
+
+    return loss_fn, eval_fn
+
+
 def epoch_order(key: jax.Array, idx: jax.Array, weights: jax.Array, n: int) -> jax.Array:
     """A permutation of 0..len(idx)-1 putting the real examples (weight 1) first, shuffled.
 
@@ -376,14 +393,12 @@ def _fit_spec(X, y, train_idx, train_w, val_idx, val_w, key, *, spec, num_classe
     model = spec.model(num_classes)
     params = model.init(jax.random.fold_in(key, 0), X[:1], train=False)["params"]
 
-    def loss_fn(params, x, y, w, dropout_key):
-        logits = model.apply({"params": params}, x, train=True, rngs={"dropout": dropout_key})
-        return masked_cross_entropy(logits, y, w)
+    def logits_fn(params, x, dropout_key):
+        if dropout_key is None:
+            return model.apply({"params": params}, x, train=False)
+        return model.apply({"params": params}, x, train=True, rngs={"dropout": dropout_key})
 
-    def eval_fn(params, x, y, w):
-        logits = model.apply({"params": params}, x, train=False)
-        return masked_cross_entropy(logits, y, w), masked_accuracy(logits, y, w)
-
+    loss_fn, eval_fn = classifier_fns(logits_fn)
     return train_loop(
         params,
         spec.tx(),
@@ -788,13 +803,8 @@ def _search_trial(
         optax.scale_by_learning_rate(learning_rate),
     )
 
-    def loss_fn(params, x, y, w, key):
-        return masked_cross_entropy(mlp_apply(params, x, dropout, key), y, w)
-
-    def eval_fn(params, x, y, w):
-        logits = mlp_apply(params, x)
-        return masked_cross_entropy(logits, y, w), masked_accuracy(logits, y, w)
-
+    # mlp_apply drops out only when given a key, i.e. in training.
+    loss_fn, eval_fn = classifier_fns(lambda params, x, key: mlp_apply(params, x, dropout, key))
     _, final, _ = train_loop(
         params,
         tx,
@@ -976,13 +986,7 @@ def _fit_logistic(X, y, train_idx, train_w, key, learning_rate, *, epochs):
     def fit(idx, w):
         params = {"Dense_0": {"kernel": jnp.zeros((2, X.shape[1])), "bias": jnp.zeros(2)}}
 
-        def loss_fn(p, x, y, w, _key):
-            return masked_cross_entropy(mlp_apply(p, x), y, w)
-
-        def eval_fn(p, x, y, w):
-            logits = mlp_apply(p, x)
-            return masked_cross_entropy(logits, y, w), masked_accuracy(logits, y, w)
-
+        loss_fn, eval_fn = classifier_fns(lambda p, x, _key: mlp_apply(p, x))
         params, _, _ = train_loop(
             params, optax.sgd(learning_rate), loss_fn, eval_fn, X, y, idx, w, idx, w, key, key,
             epochs=epochs, batch_size=idx.shape[0], history="none",
