@@ -42,12 +42,12 @@ DIGITS: dict[str, dict[str, Any]] = {
     },
     # >= 0.95 (dropout 0.2 / 0.5 as in the book)
     "mlp": {"learning_rate": 0.1, "batch_size": 32, "epochs": 20, "resize": None},
-    # >= 0.90 (0.97-0.98 over seeds 0-2) in about 65 s; 32x32 is the smallest input the five
+    # >= 0.90 (0.980-0.989 over seeds 0-2) in about 65 s; 32x32 is the smallest input the five
     # stages reduce cleanly. Without batch norm this 22-layer ReLU net sits at chance for epochs
     # from d2l's Xavier init (its signal decays ~400x from block 3a to 5b); He init keeps it
     # alive. Adam, the two auxiliary classifiers and a cosine decay (steady last epochs) do the
     # rest. Measured, 10-14 epochs: Xavier + SGD 0.05 ~0.10; Xavier + Adam 0.81-0.93;
-    # He + Adam, no heads 0.96-0.98; this preset 0.98.
+    # He + Adam, no heads 0.96-0.98; this preset 0.98-0.99.
     "googlenet": {
         "optimizer": "adam",
         "learning_rate": 1e-3,
