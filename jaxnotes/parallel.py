@@ -1,6 +1,9 @@
 """Data parallelism: the same train step on one device, a device mesh (sharded jit) or pmap.
 
-Three placements share one interface, so ``training.fit`` runs unchanged on any of them:
+Three placements share one interface, so the engine (``jaxnotes.training``) runs unchanged on any
+of them. A placement decides how a step is jitted, donated and sharded, never what it computes:
+a train step is any ``(state, batch, metrics) -> (state, metrics)``, an eval step any
+``(weights, batch, metrics) -> metrics``; this module imports nothing from the engine.
 
 - :class:`SingleDevice`: the default.
 - :class:`ShardedDataParallel` (the modern path, ``--devices N``): a ``Mesh`` with one "batch"
@@ -16,7 +19,10 @@ Three placements share one interface, so ``training.fit`` runs unchanged on any 
 All three compute the same function: dropout keys are drawn per example from
 ``fold_in(fold_in(key, step), global_index)`` (see ``training._apply_train``), so the masks do not
 depend on how a batch is split, and the global batch's mean gradient is the mean of the devices'
-equal-sized slices' mean gradients.
+equal-sized slices' mean gradients. Models with state (BatchNorm): on the mesh XLA computes the
+global batch's statistics, as one device would; under pmap each device normalises with its own
+slice's statistics unless the module names the device axis (``axis_name="batch"``), and the engine
+averages the running statistics over the devices after each step.
 
 Multi-host: :func:`maybe_initialize_distributed` starts ``jax.distributed`` from explicit flags or
 a standard cluster environment; only process 0 writes logs and files, and orbax writes each
@@ -90,14 +96,12 @@ class SingleDevice:
     axis_name = None
 
     def jit_train(self, step_fn: Callable) -> Callable:
-        from jaxnotes.training import jit_train_step
-
-        return jit_train_step(step_fn)
+        """Jit ``(state, batch, metrics) -> (state, metrics)``, donating state and metrics."""
+        return jax.jit(step_fn, donate_argnums=(0, 2))
 
     def jit_eval(self, step_fn: Callable) -> Callable:
-        from jaxnotes.training import jit_eval_step
-
-        return jit_eval_step(step_fn)
+        """Jit ``(weights, batch, metrics) -> metrics``, donating the metrics."""
+        return jax.jit(step_fn, donate_argnums=(2,))
 
     def put(self, tree: Any) -> Any:
         return jax.device_put(tree)

@@ -1,13 +1,18 @@
 """The training engine: one jitted step, metrics kept on the device, checkpoints, resume, guard.
 
-How a run flows (``fit``): host batches (``jaxnotes.data``) -> device -> ``train_step`` (forward,
-loss, backward and optimizer update in ONE jit, the state donated) -> a metrics accumulator that
-stays on the device and is pulled to the host once per ``log_every`` steps and at each epoch's
-end -> history, ``metrics.jsonl``, plots, checkpoints.
+How a run flows (``fit``): set-up (the model, any linen or NNX module, wrapped by
+``jaxnotes.modules``; the optimizer; every check that can fail, before a file is written) ->
+resume (the latest checkpoint, its tree and settings checked first) -> the epoch loop: host
+batches (``jaxnotes.data``) -> device -> ``train_step`` (forward, loss, backward and optimizer
+update in ONE jit, the state donated) -> a metrics accumulator that stays on the device and is
+pulled to the host once per ``log_every`` steps and at each epoch's end -> evaluation ->
+history, ``metrics.jsonl``, checkpoints -> outputs (plot, summary).
 
 Why it is built this way (the d2l JAX code's known weaknesses, each avoided here):
 
-- The whole step is jitted and the state donated, so XLA updates parameters in place.
+- The whole step is jitted and the state donated, so XLA updates parameters in place. The state
+  carries the module's other collections (BatchNorm's ``batch_stats``) beside the parameters:
+  updated in training, read in evaluation, checkpointed and placed like them.
 - Dropout keys are ``fold_in(key, step)``: a fresh key every step, the same one for step s
   however the steps are grouped, resumed or spread over devices.
 - Examples, not batches, are shuffled, by a permutation that depends on (seed, epoch) only, so a
@@ -18,6 +23,10 @@ Why it is built this way (the d2l JAX code's known weaknesses, each avoided here
 - The non-finite guard (chapter 3's numerics: NaN from 0/0, inf from a too-large learning rate or
   initialisation) lives inside the step: it records the first bad step on the device, so checking
   it costs no extra host sync, and a bad state is never checkpointed.
+
+How a step is jitted, donated and sharded is the placement's business (``jaxnotes.parallel``);
+what it computes is this module's. No zoo module is imported here: a model name is looked up at
+the edge (the runner, or ``fit`` when handed only a name).
 """
 
 from __future__ import annotations
@@ -31,15 +40,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
 
-from jaxnotes import optim
-from jaxnotes.models import classification_loss
+from jaxnotes import modules, optim, parallel
+from jaxnotes.checkpoints import Checkpoints
+from jaxnotes.losses import classification_loss, logits_of
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -55,39 +64,45 @@ class TrainState(struct.PyTreeNode):
     """Everything a run needs to continue: a pure pytree of arrays (checkpointed as is).
 
     ``key`` is raw uint32 key data (shape (2,)), so checkpoints need no typed-key support.
+    ``model_state`` holds the module's variable collections other than its parameters (e.g.
+    ``{"batch_stats": ...}``; ``{}`` for most models), see ``jaxnotes.modules``.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
     key: jax.Array
+    model_state: Any = struct.field(default_factory=dict)
 
 
 def create_train_state(
-    model: nn.Module,
+    model: Any,
     tx: optax.GradientTransformation,
     input_shape: tuple[int, ...],
     seed: int,
 ) -> TrainState:
-    """Initialise parameters and optimizer state.
+    """Initialise parameters, the module's other collections and the optimizer state.
 
     Args:
-      model: a linen module called as ``model.apply(variables, x, train=bool, rngs=...)``.
+      model: a linen module (called as ``model.apply(variables, x, train=bool, rngs=...)``), an
+        NNX module (its current weights are the initial ones) or a ``jaxnotes.modules.Model``.
       tx: the optimizer.
       input_shape: one example's shape as the model sees it, (height, width, channels).
       seed: the run's seed: parameters use ``fold_in(key, 0)``, dropout ``fold_in(key, 1)``.
     """
+    fns = modules.as_model(model)
     root = jax.random.key(seed)
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
 
     @jax.jit
     def init() -> TrainState:
-        params = model.init(jax.random.fold_in(root, 0), dummy, train=False)["params"]
+        params, model_state = fns.init(jax.random.fold_in(root, 0), dummy)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=tx.init(params),
             key=jax.random.key_data(jax.random.fold_in(root, 1)),
+            model_state=model_state,
         )
 
     return init()
@@ -115,45 +130,38 @@ def reset_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {**metrics, **{k: fresh[k] for k in ("loss_sum", "correct", "count")}}
 
 
-def _logits(outputs: Any) -> jax.Array:
-    return outputs[0] if isinstance(outputs, tuple | list) else outputs
-
-
-def uses_dropout(model: nn.Module, images: jax.Array) -> bool:
-    """Whether ``model`` asks for a "dropout" key in training mode (traced only, no compute)."""
-    from flax.errors import InvalidRngError
-
-    shape = jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype)
-    try:
-        variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), shape)
-        jax.eval_shape(lambda v, x: model.apply(v, x, train=True), variables, shape)
-    except InvalidRngError:
-        return True
-    return False
-
-
-def _apply_train(model, params, images, step_key, first_index, per_example_keys):
-    """Forward pass in training mode.
+def _apply_train(fns, params, model_state, images, step_key, first_index, per_example_keys):
+    """Forward pass in training mode: ``(outputs, new_model_state)``.
 
     With ``per_example_keys``, example i of the global batch draws its dropout mask from
     ``fold_in(step_key, i)``: the masks then depend on (key, step, example) only, never on how the
     batch is split over devices, so one device, a sharded mesh and pmap compute the same thing.
-    The model runs vmapped over single examples, which XLA batches back into one computation.
+    The model runs vmapped over single examples, which XLA batches back into one computation;
+    only stateless modules take this path (a BatchNorm must see the whole batch).
     """
     if not per_example_keys:
-        return model.apply({"params": params}, images, train=True, rngs={"dropout": step_key})
+        return fns.apply(params, model_state, images, True, step_key)
     indices = first_index + jnp.arange(images.shape[0])
     keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(indices)
 
     def one(x, key):
-        return model.apply({"params": params}, x[None], train=True, rngs={"dropout": key})
+        return fns.apply(params, model_state, x[None], True, key)[0]
 
     outputs = jax.vmap(one)(images, keys)
-    return jax.tree.map(lambda out: out[:, 0], outputs)
+    return jax.tree.map(lambda out: out[:, 0], outputs), model_state
+
+
+def _mean_over_devices(model_state: Any, axis_name: str) -> Any:
+    """Average the floating collections (running statistics) over pmap's devices."""
+
+    def one(x):
+        return jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(one, model_state)
 
 
 def make_train_step(
-    model: nn.Module,
+    model: Any,
     tx: optax.GradientTransformation,
     preprocess: Callable[[jax.Array], jax.Array] = _identity,
     aux_weight: float = 0.3,
@@ -164,34 +172,50 @@ def make_train_step(
 ) -> Callable:
     """The un-jitted train step ``(state, batch, metrics) -> (state, metrics)``.
 
-    ``batch``: {"image": (B, H, W, C) uint8 or float, "label": (B,) int}. ``preprocess`` (resize,
-    normalize) runs inside the step, on the device. The loss is the mean cross-entropy (plus
-    ``aux_weight`` x each auxiliary head's for GoogLeNet), computed in float32. Jit it with
-    :func:`jit_train_step` (or with shardings, see ``jaxnotes.parallel``).
+    ``model``: a linen or NNX module, or a ``jaxnotes.modules.Model``. ``batch``: {"image":
+    (B, H, W, C) uint8 or float, "label": (B,) int}. ``preprocess`` (resize, normalize) runs
+    inside the step, on the device. The loss is ``jaxnotes.losses.classification_loss`` (mean
+    cross-entropy, plus ``aux_weight`` x each auxiliary head's), computed in float32. Jit it with
+    :func:`jit_train_step` (or a placement's ``jit_train``, see ``jaxnotes.parallel``).
 
-    per_example_keys: dropout keys per example (see :func:`_apply_train`); None decides by
-      whether the model uses dropout at all (models without it skip the per-example form).
+    per_example_keys: dropout keys per example (see :func:`_apply_train`); None decides by the
+      model (stateless linen modules that use dropout; see ``Model.keys_per_example``).
     axis_name: under ``jax.pmap``, the device axis: gradients and the loss are averaged and the
-      counts summed over it, so every device applies the global batch's update.
+      counts summed over it, so every device applies the global batch's update. A BatchNorm
+      there normalises with its own device's slice (unless the module names the axis itself);
+      its running statistics are averaged over the devices after each step. Batch-level dropout
+      keys are folded with the device index so the devices draw different masks.
     """
+    fns = modules.as_model(model)
 
     def train_step(state: TrainState, batch: dict, metrics: dict) -> tuple[TrainState, dict]:
         images, labels = preprocess(batch["image"]), batch["label"]
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         local_batch = labels.shape[0]
-        first_index = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_batch
-        per_example = uses_dropout(model, images) if per_example_keys is None else per_example_keys
+        device = 0 if axis_name is None else jax.lax.axis_index(axis_name)
+        per_example = per_example_keys
+        if per_example is None:
+            example = jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype)
+            per_example = not jax.tree.leaves(state.model_state) and fns.keys_per_example(example)
+        if axis_name is not None and not per_example:
+            step_key = jax.random.fold_in(step_key, device)
 
         def loss_fn(params):
-            outputs = _apply_train(model, params, images, step_key, first_index, per_example)
-            return classification_loss(outputs, labels, aux_weight), _logits(outputs)
+            outputs, model_state = _apply_train(
+                fns, params, state.model_state, images, step_key, device * local_batch, per_example
+            )
+            loss = classification_loss(outputs, labels, aux_weight)
+            return loss, (logits_of(outputs), model_state)
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
         correct = jnp.sum(jnp.argmax(logits, -1) == labels)
         count = jnp.asarray(local_batch, jnp.float32)
         if axis_name is not None:
             grads, loss = jax.lax.pmean((grads, loss), axis_name)
             correct, count = jax.lax.psum((correct, count), axis_name)
+            model_state = _mean_over_devices(model_state, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
@@ -208,15 +232,17 @@ def make_train_step(
             "bad_kind": jnp.where(is_first_bad, jnp.where(finite, 2, 1), metrics["bad_kind"]),
             "bad_loss": jnp.where(is_first_bad, loss, metrics["bad_loss"]),
         }
-        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+        )
         return state, metrics
 
     return train_step
 
 
 def jit_train_step(step_fn: Callable) -> Callable:
-    """Jit a train step, donating the state and the metrics (updated in place)."""
-    return jax.jit(step_fn, donate_argnums=(0, 2))
+    """Jit a train step on one device, donating the state and the metrics (updated in place)."""
+    return parallel.SingleDevice().jit_train(step_fn)
 
 
 def make_multi_step(step_fn: Callable) -> Callable:
@@ -261,21 +287,32 @@ def empty_eval_metrics() -> dict[str, jax.Array]:
     return {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
 
 
+def _variables(weights: Any) -> tuple[Any, Any]:
+    """(params, model_state) from a TrainState, or from bare parameters (no other state)."""
+    if isinstance(weights, TrainState):
+        return weights.params, weights.model_state
+    return weights, {}
+
+
 def make_eval_step(
-    model: nn.Module,
+    model: Any,
     preprocess: Callable[[jax.Array], jax.Array] = _identity,
     *,
     axis_name: str | None = None,
 ) -> Callable:
-    """The un-jitted eval step ``(params, batch, metrics) -> metrics``.
+    """The un-jitted eval step ``(weights, batch, metrics) -> metrics``.
 
-    ``batch`` has a "mask" (1 real, 0 padding): padded examples count for nothing. Under
-    ``jax.pmap`` pass the device ``axis_name``: the sums are then totalled over devices.
+    ``weights``: a ``TrainState`` (parameters and running statistics, e.g. BatchNorm's) or bare
+    parameters for a model without other state. ``batch`` has a "mask" (1 real, 0 padding):
+    padded examples count for nothing. Under ``jax.pmap`` pass the device ``axis_name``: the sums
+    are then totalled over devices.
     """
+    fns = modules.as_model(model)
 
-    def eval_step(params: Any, batch: dict, metrics: dict) -> dict:
-        logits = model.apply({"params": params}, preprocess(batch["image"]), train=False)
-        logits = _logits(logits).astype(jnp.float32)
+    def eval_step(weights: Any, batch: dict, metrics: dict) -> dict:
+        params, model_state = _variables(weights)
+        outputs, _ = fns.apply(params, model_state, preprocess(batch["image"]), False)
+        logits = logits_of(outputs).astype(jnp.float32)
         labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         sums = {
@@ -291,7 +328,8 @@ def make_eval_step(
 
 
 def jit_eval_step(step_fn: Callable) -> Callable:
-    return jax.jit(step_fn, donate_argnums=(2,))
+    """Jit an eval step on one device, donating the metrics."""
+    return parallel.SingleDevice().jit_eval(step_fn)
 
 
 @functools.partial(
@@ -304,7 +342,7 @@ def train_step(
     batch: dict,
     metrics: dict,
     *,
-    model: nn.Module,
+    model: Any,
     tx: optax.GradientTransformation,
     preprocess: Callable[[jax.Array], jax.Array] = _identity,
     aux_weight: float = 0.3,
@@ -321,15 +359,15 @@ def train_step(
 
 @functools.partial(jax.jit, static_argnames=("model", "preprocess"), donate_argnums=(2,))
 def eval_step(
-    params: Any,
+    weights: Any,
     batch: dict,
     metrics: dict,
     *,
-    model: nn.Module,
+    model: Any,
     preprocess: Callable[[jax.Array], jax.Array] = _identity,
 ) -> dict:
-    """One jitted evaluation step (see :func:`make_eval_step`)."""
-    return make_eval_step(model, preprocess)(params, batch, metrics)
+    """One jitted evaluation step (see :func:`make_eval_step`); ``weights``: state or params."""
+    return make_eval_step(model, preprocess)(weights, batch, metrics)
 
 
 # --- the guard -----------------------------------------------------------------------------------
@@ -369,14 +407,18 @@ def check_guard(host_metrics: dict, checkpoint: str | None, divergence_factor: f
     raise TrainingDivergedError(step, kind, loss, detail, checkpoint)
 
 
-# --- configuration and checkpoints --------------------------------------------------------------
+# --- configuration -----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """One experiment. ``fit(TrainConfig(model="lenet", dataset="digits"))`` runs it."""
+    """One experiment. ``fit(TrainConfig(model="lenet", dataset="digits"))`` runs it.
 
-    model: str = "lenet"
+    ``model``: a zoo name; with ``fit(config, model=module)`` only the run's label (None: the
+    module's class name, or "lenet" when no module is given).
+    """
+
+    model: str | None = None
     dataset: str = "digits"
     epochs: int = 10
     batch_size: int = 128
@@ -451,56 +493,6 @@ class TrainConfig:
     )
 
 
-class Checkpoints:
-    """Orbax checkpoints of the TrainState plus JSON metadata (epoch, history, config).
-
-    Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
-    crash mid-write never leaves a half-written checkpoint that ``latest`` would pick up.
-    """
-
-    def __init__(self, directory: Path, keep: int):
-        import orbax.checkpoint as ocp
-
-        self._ocp = ocp
-        self.directory = directory.absolute()
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        )
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def save(self, state: TrainState, meta: dict) -> str:
-        ocp = self._ocp
-        step = int(state.step)
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        # Wait: a later crash must not take the checkpoint we report as "the last good one".
-        self.manager.wait_until_finished()
-        return str(self.directory / str(step))
-
-    def restore(self, abstract_state: TrainState) -> tuple[TrainState, dict]:
-        ocp = self._ocp
-        step = self.latest_step()
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], restored["meta"]
-
-    def close(self) -> None:
-        self.manager.close()
-
-
 # --- the loop ------------------------------------------------------------------------------------
 
 
@@ -526,27 +518,89 @@ def _learning_rate(config: TrainConfig, total_steps: int) -> float | optax.Sched
     return config.learning_rate
 
 
-def build(config: TrainConfig, train_data, placement=None) -> dict:
+def model_label(config: TrainConfig, model: Any = None) -> str:
+    """The name a run reports: ``config.model``, else the module's class name, else "lenet"."""
+    if config.model is not None:
+        return config.model
+    return type(model).__name__ if model is not None else "lenet"
+
+
+def resolve_model(config: TrainConfig, model: Any, num_classes: int) -> Any:
+    """The module a run trains: ``model`` itself, or the zoo's model called ``config.model``.
+
+    The zoo model is built for ``num_classes`` in the configured precision; a user's linen module
+    with a ``dtype`` field is cloned with it (other modules must be built in fp32 for "fp32").
+    """
+    dtype = PRECISIONS[config.precision]
+    if model is None:
+        from jaxnotes.models import get_model  # the name lookup happens here, at the edge
+
+        return get_model(
+            model_label(config), num_classes=num_classes, dtype=dtype, **config.model_kwargs
+        )
+    modules.as_model(model)  # TypeError for anything that is not a Flax module
+    if config.model_kwargs:
+        raise ValueError(
+            f"model_kwargs {sorted(config.model_kwargs)} configure zoo models; set the fields "
+            f"of your {type(model).__name__} when you build it"
+        )
+    if config.precision == "fp32":
+        return model
+    if "dtype" in getattr(model, "__dataclass_fields__", {}):
+        return model.clone(dtype=dtype)
+    raise ValueError(
+        f"precision {config.precision!r} needs a module with a dtype field to set; build your "
+        f"{type(model).__name__} in that dtype and keep precision='fp32'"
+    )
+
+
+def _input_shape(config: TrainConfig, train_data, test_data=None) -> tuple[int, int, int]:
+    """One example's shape as the model sees it (after ``resize``); train and test must agree."""
+    height, width, channels = train_data.images.shape[1:]
+    if test_data is not None and test_data.images.shape[1:] != train_data.images.shape[1:]:
+        if config.resize is None or test_data.images.shape[3] != channels:
+            raise ValueError(
+                f"train images are {height}x{width}x{channels} but test images are "
+                f"{'x'.join(map(str, test_data.images.shape[1:]))}; give both splits the same "
+                "size, or a resize (--resize N) so the model sees N x N from both"
+            )
+    side = config.resize
+    return (side, side, channels) if side else (height, width, channels)
+
+
+def _num_classes(*datasets) -> int:
+    """Logits the model needs: the data sets' class count, or more if a label is larger."""
+    needed = 0
+    for dataset in datasets:
+        if dataset is None:
+            continue
+        needed = max(needed, int(dataset.num_classes))
+        if len(dataset):
+            needed = max(needed, int(np.max(dataset.labels)) + 1)
+    return needed
+
+
+def build(config: TrainConfig, train_data, placement=None, *, model: Any = None, test_data=None):
     """Model, optimizer, preprocessing and the jitted steps for a config and its data.
 
-    ``placement`` (``jaxnotes.parallel``) decides how the steps are compiled: one device, a mesh
-    or pmap; by default it follows ``config.devices`` / ``config.parallel``.
+    ``model``: any linen or NNX module (None: the zoo's ``config.model``). It is traced once on
+    the data's input shape (no compute) so a shape it cannot take, outputs that are not logits
+    or too few logits for the labels fail here, with the module's own message, before anything
+    compiles. ``placement`` (``jaxnotes.parallel``) decides how the steps are compiled: one
+    device, a mesh or pmap; by default it follows ``config.devices`` / ``config.parallel``.
     """
     from jaxnotes import data as jdata
-    from jaxnotes import parallel
-    from jaxnotes.models import get_model
 
     if placement is None:
         if config.devices > 1:
             parallel.check_devices(config.devices, config.batch_size)
         placement = parallel.make_placement(config.devices, config.parallel)
     steps_per_epoch = jdata.steps_per_epoch(len(train_data), config.batch_size)
-    model = get_model(
-        config.model,
-        num_classes=train_data.num_classes,
-        dtype=PRECISIONS[config.precision],
-        **config.model_kwargs,
-    )
+    num_classes = _num_classes(train_data, test_data)
+    module = resolve_model(config, model, train_data.num_classes)
+    input_shape = _input_shape(config, train_data, test_data)
+    fns = modules.as_model(module)
+    modules.check_outputs(fns, input_shape, num_classes)
     tx = optim.make_optimizer(
         config.optimizer,
         _learning_rate(config, config.epochs * steps_per_epoch),
@@ -558,15 +612,13 @@ def build(config: TrainConfig, train_data, placement=None) -> dict:
     if config.normalization == "standardize":
         mean, std = jdata.channel_stats(train_data)  # training split only: no leak
     preprocess = jdata.make_preprocess(config.resize, config.normalization, mean, std)
-    height, width, channels = train_data.images.shape[1:]
-    side = config.resize
-    input_shape = (side, side, channels) if side else (height, width, channels)
     axis = placement.axis_name
     train_step = make_train_step(
-        model, tx, preprocess, config.aux_weight, config.divergence_factor, axis_name=axis
+        fns, tx, preprocess, config.aux_weight, config.divergence_factor, axis_name=axis
     )
     return {
-        "model": model,
+        "model": module,
+        "fns": fns,
         "tx": tx,
         "preprocess": preprocess,
         "input_shape": input_shape,
@@ -574,18 +626,18 @@ def build(config: TrainConfig, train_data, placement=None) -> dict:
         "placement": placement,
         "train_step": placement.jit_train(train_step),
         "multi_step": placement.jit_train(make_multi_step(train_step)),
-        "eval_step": placement.jit_eval(make_eval_step(model, preprocess, axis_name=axis)),
+        "eval_step": placement.jit_eval(make_eval_step(fns, preprocess, axis_name=axis)),
     }
 
 
-def evaluate(eval_step: Callable, params: Any, dataset, batch_size: int, placement=None) -> dict:
+def evaluate(eval_step: Callable, weights: Any, dataset, batch_size: int, placement=None) -> dict:
     """Mean loss and accuracy over every example of ``dataset`` (one host pull at the end).
 
+    ``weights``: the ``TrainState`` (or bare parameters, for a model without other state).
     ``batch_size`` is rounded up to a multiple of the placement's device count (more padding,
     same result).
     """
     from jaxnotes import data as jdata
-    from jaxnotes import parallel
 
     placement = placement or parallel.SingleDevice()
     devices = placement.num_devices
@@ -595,7 +647,7 @@ def evaluate(eval_step: Callable, params: Any, dataset, batch_size: int, placeme
     )
     metrics = placement.put(empty_eval_metrics())
     for batch in placement.batches(batches):
-        metrics = eval_step(params, batch, metrics)
+        metrics = eval_step(weights, batch, metrics)
     loss, acc = _mean(placement.host(metrics))
     return {"loss": loss, "acc": acc}
 
@@ -616,10 +668,215 @@ def _progress(config: TrainConfig, total: int, epoch: int, enabled: bool):
     )
 
 
+@dataclasses.dataclass
+class _Run:
+    """What stays fixed during a run: made by :func:`_set_up` before any file is touched."""
+
+    config: TrainConfig
+    train_data: Any
+    test_data: Any
+    parts: dict
+    log: Callable[[str], None]
+
+    @property
+    def placement(self):
+        return self.parts["placement"]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.parts["steps_per_epoch"]
+
+    @property
+    def primary(self) -> bool:
+        return self.placement.process_index == 0
+
+
+@dataclasses.dataclass
+class _Session:
+    """What a run changes as it goes: the state, the device metrics, the record of epochs."""
+
+    state: TrainState
+    metrics: dict
+    step: int
+    history: list[dict]
+    workdir: Path | None
+    checkpoints: Checkpoints | None
+    last_checkpoint: str | None = None
+    # Throughput counts training steps only (no evaluation, no first step: it compiles).
+    train_examples: int = 0
+    train_seconds: float = 0.0
+    compiled: bool = False
+
+
+def _set_up(config, model, train_data, test_data, log) -> _Run:
+    from jaxnotes import data as jdata
+
+    config.validate()
+    config = dataclasses.replace(config, model=model_label(config, model))
+    if train_data is None:
+        train_data = jdata.load(config.dataset, "train")
+    if test_data is None:
+        test_data = jdata.load(config.dataset, "test")
+    parts = build(config, train_data, model=model, test_data=test_data)
+    primary = parts["placement"].process_index == 0
+    return _Run(config, train_data, test_data, parts, log if primary else (lambda line: None))
+
+
+def _open(run: _Run, workdir, resume: bool) -> _Session:
+    """The initial state, or the latest checkpoint's when resuming (settings checked first)."""
+    config, parts, placement = run.config, run.parts, run.placement
+    state = create_train_state(parts["fns"], parts["tx"], parts["input_shape"], config.seed)
+    workdir = Path(workdir) if workdir is not None else None
+    checkpoints, history, last_checkpoint = None, [], None
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints)
+    if resume:
+        if checkpoints is None or checkpoints.latest_step() is None:
+            where = workdir / "checkpoints" if workdir else "(no workdir given)"
+            raise FileNotFoundError(f"--resume: no checkpoint found in {where}")
+        _check_resume_config(checkpoints.read_meta()["config"], config)
+        state, meta = checkpoints.restore(state)
+        history = [h for h in meta["history"] if h["step"] <= int(state.step)]
+        last_checkpoint = checkpoints.path(int(state.step))
+        run.log(f"resumed from step {int(state.step)} ({last_checkpoint})")
+    step = int(state.step)
+    return _Session(
+        state=placement.put(state),
+        metrics=placement.put(empty_metrics()),
+        step=step,
+        history=history,
+        workdir=workdir,
+        checkpoints=checkpoints,
+        last_checkpoint=last_checkpoint,
+    )
+
+
+def _save(run: _Run, session: _Session, epoch: int) -> None:
+    meta = _meta(run.config, epoch, session.history)
+    session.last_checkpoint = session.checkpoints.save(run.placement.unplace(session.state), meta)
+
+
+def _train_epoch(run: _Run, session: _Session, epoch: int) -> tuple[float, float]:
+    """One epoch of steps from ``session.step`` on; returns its (train loss, train accuracy)."""
+    config, placement, parts = run.config, run.placement, run.parts
+    bar = _progress(config, run.steps_per_epoch * config.batch_size, epoch, run.primary)
+    batches = _epoch_batches(run, epoch, session.step - epoch * run.steps_per_epoch)
+    epoch_start, timed_from_step = time.perf_counter(), session.step
+    for batch in placement.batches(_group(batches, config.steps_per_dispatch)):
+        # k > 1 runs on one device only, so a 2-D label array is k stacked batches there
+        # (under pmap a single batch is (devices, B / devices)).
+        stacked = config.steps_per_dispatch > 1 and batch["label"].ndim == 2
+        run_steps = parts["multi_step"] if stacked else parts["train_step"]
+        session.state, session.metrics = run_steps(session.state, batch, session.metrics)
+        previous = session.step
+        session.step += batch["label"].shape[0] if stacked else 1
+        if not session.compiled:
+            jax.block_until_ready(session.state.step)
+            session.compiled, epoch_start, timed_from_step = True, time.perf_counter(), session.step
+        if bar is not None:
+            bar.update((session.step - previous) * config.batch_size)
+        at_step_checkpoint = _crossed(previous, session.step, config.checkpoint_every_steps)
+        if _crossed(previous, session.step, config.log_every) or at_step_checkpoint:
+            host = placement.host(session.metrics)
+            check_guard(host, session.last_checkpoint, config.divergence_factor)
+            if bar is not None:
+                bar.set_postfix(loss=f"{_mean(host)[0]:.4f}")
+            if at_step_checkpoint and session.checkpoints is not None:
+                _save(run, session, epoch)
+    if bar is not None:
+        bar.close()
+    host = placement.host(session.metrics)
+    check_guard(host, session.last_checkpoint, config.divergence_factor)
+    session.train_seconds += time.perf_counter() - epoch_start
+    session.train_examples += (session.step - timed_from_step) * config.batch_size
+    session.metrics = placement.put(reset_sums(host))
+    return _mean(host)
+
+
+def _epoch_batches(run: _Run, epoch: int, start_batch: int) -> Iterator[dict]:
+    """This process's training batches of ``epoch`` from ``start_batch`` on."""
+    from jaxnotes import data as jdata
+
+    return jdata.train_batches(
+        run.train_data,
+        run.config.batch_size,
+        seed=run.config.seed,
+        epoch=epoch,
+        start_batch=start_batch,
+        num_shards=run.placement.process_count,
+        shard_index=run.placement.process_index,
+    )
+
+
+def _end_epoch(run: _Run, session: _Session, epoch: int, train: tuple, start_time: float) -> None:
+    """Evaluate, record the epoch (history, log line, metrics.jsonl) and checkpoint it."""
+    config = run.config
+    train_loss, train_acc = train
+    test = evaluate(
+        run.parts["eval_step"], session.state, run.test_data, config.eval_batch_size, run.placement
+    )
+    session.history.append(
+        {
+            "epoch": epoch + 1,
+            "step": session.step,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "test_loss": test["loss"],
+            "test_acc": test["acc"],
+            "wall_s": time.perf_counter() - start_time,
+        }
+    )
+    run.log(
+        f"epoch {epoch + 1}/{config.epochs}  loss {train_loss:.4f}  train acc "
+        f"{train_acc:.4f}  test acc {test['acc']:.4f}"
+    )
+    if session.workdir is not None:
+        if run.primary:
+            _write_history(session.workdir, session.history)
+        if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
+            _save(run, session, epoch + 1)
+
+
+def _outputs(run: _Run, session: _Session, start_time: float) -> FitResult:
+    """Close the checkpoints, draw the learning curves, and make the summary."""
+    config, placement, parts = run.config, run.placement, run.parts
+    if session.checkpoints is not None:
+        session.checkpoints.close()
+    if session.workdir is not None and session.history and run.primary:
+        from jaxnotes import plots
+
+        path = session.workdir / "learning_curves.png"
+        plots.learning_curves(session.history, path, title=config.model)
+    final = session.history[-1] if session.history else {}
+    seconds = session.train_seconds
+    step_fn = parts["multi_step"] if config.steps_per_dispatch > 1 else parts["train_step"]
+    summary = {
+        "model": config.model,
+        "dataset": config.dataset,
+        "epochs": config.epochs,
+        "train_loss": final.get("train_loss"),
+        "train_acc": final.get("train_acc"),
+        "test_loss": final.get("test_loss"),
+        "test_acc": final.get("test_acc"),
+        "examples_per_sec": session.train_examples / seconds if seconds > 0 else None,
+        "wall_s": time.perf_counter() - start_time,
+        "steps": session.step,
+        "precision": config.precision,
+        "devices": placement.num_devices,
+        "processes": placement.process_count,
+        # jit's count of compiled variants of the step (pmap exposes none)
+        "compilations": getattr(step_fn, "_cache_size", lambda: None)(),
+    }
+    state = placement.unplace(session.state)
+    return FitResult(state, session.history, summary, compilations=summary["compilations"])
+
+
 def fit(
     config: TrainConfig,
     workdir: str | os.PathLike | None = None,
     *,
+    model: Any = None,
     resume: bool = False,
     train_data=None,
     test_data=None,
@@ -632,140 +889,31 @@ def fit(
       workdir: where ``metrics.jsonl``, ``learning_curves.png`` and ``checkpoints/`` go; None
         writes nothing (no checkpoints, no resume). With several processes only process 0
         writes logs and files; orbax writes each replicated array once.
-      resume: continue from the latest checkpoint in ``workdir`` (parameters, optimizer state,
-        step, key; the data order follows from (seed, epoch)). FileNotFoundError if none.
+      model: any ``flax.linen.Module`` (called as ``model.apply(variables, x, train=bool,
+        rngs={"dropout": key})``, returning logits or ``(logits, *aux_logits)``; collections
+        such as ``batch_stats`` are trained, checkpointed and restored) or ``flax.nnx.Module``
+        (see ``jaxnotes.modules``). None: the zoo's model named ``config.model``; with a module,
+        ``config.model`` is only the run's label (default: the class name).
+      resume: continue from the latest checkpoint in ``workdir`` (parameters, model state,
+        optimizer state, step, key; the data order follows from (seed, epoch)).
+        FileNotFoundError if none; ValueError if its settings or parameter tree differ.
       train_data, test_data: ``jaxnotes.data.Dataset``s; loaded from ``config.dataset`` if None.
       log: where the one-line-per-epoch report goes.
 
     Raises:
+      TypeError: ``model`` is not a Flax module.
+      ValueError: a setting, or the model against the data (input shape, logits), is wrong;
+        raised before anything is compiled or written.
       TrainingDivergedError: the loss became NaN/inf or diverged; nothing after the last good
         checkpoint is saved.
     """
-    from jaxnotes import data as jdata
-
     start_time = time.perf_counter()
-    config.validate()
-    if train_data is None:
-        train_data = jdata.load(config.dataset, "train")
-    if test_data is None:
-        test_data = jdata.load(config.dataset, "test")
-    parts = build(config, train_data)
-    placement, steps_per_epoch = parts["placement"], parts["steps_per_epoch"]
-    primary = placement.process_index == 0
-    log = log if primary else (lambda line: None)
-    state = create_train_state(parts["model"], parts["tx"], parts["input_shape"], config.seed)
-
-    workdir = Path(workdir) if workdir is not None else None
-    checkpoints, history, last_checkpoint = None, [], None
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints)
-    if resume:
-        if checkpoints is None or checkpoints.latest_step() is None:
-            where = workdir / "checkpoints" if workdir else "(no workdir given)"
-            raise FileNotFoundError(f"--resume: no checkpoint found in {where}")
-        state, meta = checkpoints.restore(state)
-        _check_resume_config(meta["config"], config)
-        history = [h for h in meta["history"] if h["step"] <= int(state.step)]
-        last_checkpoint = str(checkpoints.directory / str(int(state.step)))
-        log(f"resumed from step {int(state.step)} ({last_checkpoint})")
-
-    def save(epoch: int) -> str:
-        return checkpoints.save(placement.unplace(state), _meta(config, epoch, history))
-
-    train_step, multi_step, eval_step = parts["train_step"], parts["multi_step"], parts["eval_step"]
-    step = int(state.step)
-    state, metrics = placement.put(state), placement.put(empty_metrics())
-    # Throughput counts training steps only (no evaluation, no first step: it compiles).
-    train_examples, train_seconds, compiled = 0, 0.0, False
-    for epoch in range(step // steps_per_epoch, config.epochs):
-        bar = _progress(config, steps_per_epoch * config.batch_size, epoch, primary)
-        batches = jdata.train_batches(
-            train_data,
-            config.batch_size,
-            seed=config.seed,
-            epoch=epoch,
-            start_batch=step - epoch * steps_per_epoch,
-            num_shards=placement.process_count,
-            shard_index=placement.process_index,
-        )
-        epoch_start, timed_from_step = time.perf_counter(), step
-        for batch in placement.batches(_group(batches, config.steps_per_dispatch)):
-            stacked = batch["label"].ndim == 2
-            run = multi_step if stacked else train_step
-            state, metrics = run(state, batch, metrics)
-            previous, step = step, step + (batch["label"].shape[0] if stacked else 1)
-            if not compiled:
-                jax.block_until_ready(state.step)
-                compiled, epoch_start, timed_from_step = True, time.perf_counter(), step
-            if bar is not None:
-                bar.update((step - previous) * config.batch_size)
-            at_step_checkpoint = _crossed(previous, step, config.checkpoint_every_steps)
-            if _crossed(previous, step, config.log_every) or at_step_checkpoint:
-                host = placement.host(metrics)
-                check_guard(host, last_checkpoint, config.divergence_factor)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{_mean(host)[0]:.4f}")
-                if at_step_checkpoint and checkpoints is not None:
-                    last_checkpoint = save(epoch)
-        if bar is not None:
-            bar.close()
-        host = placement.host(metrics)
-        check_guard(host, last_checkpoint, config.divergence_factor)
-        train_seconds += time.perf_counter() - epoch_start
-        train_examples += (step - timed_from_step) * config.batch_size
-        train_loss, train_acc = _mean(host)
-        test = evaluate(eval_step, state.params, test_data, config.eval_batch_size, placement)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "step": step,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "test_loss": test["loss"],
-                "test_acc": test["acc"],
-                "wall_s": time.perf_counter() - start_time,
-            }
-        )
-        metrics = placement.put(reset_sums(placement.host(metrics)))
-        log(
-            f"epoch {epoch + 1}/{config.epochs}  loss {train_loss:.4f}  train acc "
-            f"{train_acc:.4f}  test acc {test['acc']:.4f}"
-        )
-        if workdir is not None:
-            if primary:
-                _write_history(workdir, history)
-            if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
-                last_checkpoint = save(epoch + 1)
-    if checkpoints is not None:
-        checkpoints.close()
-    if workdir is not None and history and primary:
-        from jaxnotes import plots
-
-        plots.learning_curves(history, workdir / "learning_curves.png", title=config.model)
-    final = history[-1] if history else {}
-    summary = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "epochs": config.epochs,
-        "train_loss": final.get("train_loss"),
-        "train_acc": final.get("train_acc"),
-        "test_loss": final.get("test_loss"),
-        "test_acc": final.get("test_acc"),
-        "examples_per_sec": train_examples / train_seconds if train_seconds > 0 else None,
-        "wall_s": time.perf_counter() - start_time,
-        "steps": step,
-        "precision": config.precision,
-        "devices": placement.num_devices,
-        "processes": placement.process_count,
-        # jit's count of compiled variants of the step (pmap exposes none)
-        "compilations": getattr(
-            multi_step if config.steps_per_dispatch > 1 else train_step, "_cache_size", lambda: None
-        )(),
-    }
-    return FitResult(
-        placement.unplace(state), history, summary, compilations=summary["compilations"]
-    )
+    run = _set_up(config, model, train_data, test_data, log)
+    session = _open(run, workdir, resume)
+    for epoch in range(session.step // run.steps_per_epoch, run.config.epochs):
+        train = _train_epoch(run, session, epoch)
+        _end_epoch(run, session, epoch, train, start_time)
+    return _outputs(run, session, start_time)
 
 
 def _meta(config: TrainConfig, epoch: int, history: list[dict]) -> dict:

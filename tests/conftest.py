@@ -6,5 +6,10 @@ JAXNOTES_MULTIDEVICE=1; the main run does not collect it.
 """
 
 import os
+import sys
+from pathlib import Path
+
+# tests/user_models.py (the user-written modules) is importable from every test folder.
+sys.path.insert(0, str(Path(__file__).parent))
 
 collect_ignore = [] if os.environ.get("JAXNOTES_MULTIDEVICE") else ["multidevice"]

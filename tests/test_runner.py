@@ -4,13 +4,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from processes import signal_when
 
 from train import cli
 
@@ -59,18 +59,8 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     crashed = tmp_path / "crashed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "train", *args, "--workdir", "crashed"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (crashed / "checkpoints" / "20").is_dir():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
+    command = [sys.executable, "-m", "train", *args, "--workdir", "crashed"]
+    process = signal_when(command, crashed / "checkpoints" / "20", cwd=tmp_path)
     process.wait()
     assert process.returncode == -signal.SIGKILL
     killed_at = _final_params(crashed)[0]

@@ -1,13 +1,15 @@
 """The model zoo: the book's CNNs (and the dropout chapter's MLP) as Flax linen modules.
 
-Inputs are NHWC float arrays; every model returns float32 logits and is called as
+Inputs are NHWC float arrays; every model returns float32 logits (GoogLeNet with aux heads, in
+training: ``(logits, *aux)``) and is called as
 ``model.apply(variables, x, train=bool, rngs={"dropout": key})``. ``dtype`` sets the computation
 dtype (e.g. ``jnp.bfloat16``); parameters stay float32. Look models up by name::
 
     model = get_model("lenet", num_classes=10, activation="relu")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
 
-``BOOK_INPUT_SIZE[name]`` is the height (= width) the book feeds each model.
+``BOOK_INPUT_SIZE[name]`` is the height (= width) the book feeds each model. The loss lives with
+the engine (``jaxnotes.losses``; re-exported here for older imports).
 """
 
 from __future__ import annotations
@@ -17,15 +19,9 @@ from typing import Any
 
 import flax.linen as nn
 
+from jaxnotes.losses import classification_loss, cross_entropy, googlenet_loss
 from jaxnotes.models.alexnet import AlexNet
-from jaxnotes.models.googlenet import (
-    AuxHead,
-    GoogLeNet,
-    Inception,
-    classification_loss,
-    cross_entropy,
-    googlenet_loss,
-)
+from jaxnotes.models.googlenet import AuxHead, GoogLeNet, Inception
 from jaxnotes.models.lenet import LeNet
 from jaxnotes.models.mlp import MLP
 from jaxnotes.models.nin import NiN, NiNBlock, nin_block

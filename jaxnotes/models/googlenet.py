@@ -15,8 +15,8 @@ Stages, with shapes at the book's 96x96x1 input (224 in the paper: 112, 56, 28, 
 
 Auxiliary classifiers (``aux_logits=True``; the paper's, the notes mention them): after 4a and
 4d, avg pool 5x5 stride 3 (no padding), conv 128@1x1 + ReLU, dense 1024 + ReLU, dropout 0.7,
-dense classes. With ``train=True`` the model returns ``(logits, aux_4a, aux_4d)`` and
-:func:`classification_loss` adds 0.3 x each auxiliary loss; at inference only ``logits``. The aux
+dense classes. With ``train=True`` the model returns ``(logits, aux_4a, aux_4d)`` and the engine's
+loss (``jaxnotes.losses``) adds 0.3 x each auxiliary loss; at inference only ``logits``. The aux
 parameters are created by ``init`` whatever ``train`` is, so variables made in eval mode train too.
 
 What the aux pooling sees (``floor((n - 5 + 3) / 3)`` per side, from :mod:`jaxnotes.shapes`):
@@ -162,30 +162,3 @@ class GoogLeNet(nn.Module):
         if self.aux_logits and train:
             return (logits, *aux)
         return logits
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy in float32; ``logits`` (N, K), integer ``labels`` (N,)."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)
-    return -jnp.mean(picked)
-
-
-def classification_loss(
-    outputs: jax.Array | Sequence[jax.Array], labels: jax.Array, aux_weight: float = 0.3
-) -> jax.Array:
-    """Training loss for any model of the zoo: a logits array, or GoogLeNet's (logits, *aux).
-
-    ``cross_entropy(logits) + aux_weight * sum(cross_entropy(aux_i))``; the paper's weight 0.3.
-    """
-    if isinstance(outputs, tuple | list):
-        logits, *aux = outputs
-    else:
-        logits, aux = outputs, []
-    loss = cross_entropy(logits, labels)
-    for aux_logits in aux:
-        loss = loss + aux_weight * cross_entropy(aux_logits, labels)
-    return loss
-
-
-googlenet_loss = classification_loss

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from user_models import TinyResNet
 
 from jaxnotes import data, parallel, training
 from train import cli
@@ -35,9 +36,11 @@ def _config(model: str, **overrides) -> training.TrainConfig:
     return training.TrainConfig(**{**base, **overrides})
 
 
-def _train(config, train_data, placement, steps: int):
-    """``steps`` training steps on the same global batches; returns params (host) and metrics."""
-    parts = training.build(config, train_data, placement)
+def _train(config, train_data, placement, steps: int, model=None, raw=False):
+    """``steps`` training steps on the same global batches; returns params (host) and metrics.
+
+    With ``raw`` the placed state itself comes back (pmap: one copy per device)."""
+    parts = training.build(config, train_data, placement, model=model)
     state = training.create_train_state(
         parts["model"], parts["tx"], parts["input_shape"], config.seed
     )
@@ -45,8 +48,10 @@ def _train(config, train_data, placement, steps: int):
     batches = data.train_batches(train_data, config.batch_size, seed=0, epoch=0)
     for _, batch in zip(range(steps), placement.batches(batches), strict=False):
         state, metrics = parts["train_step"](state, batch, metrics)
-    params = placement.host(state.params)
-    return params, placement.host(metrics)
+    if raw:
+        return state
+    variables = {"params": state.params, **state.model_state}
+    return placement.host(variables), placement.host(metrics)
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet"])  # with dropout and without
@@ -63,6 +68,50 @@ def test_four_devices_equal_one(digits, model, steps, path):
     np.testing.assert_allclose(metrics["loss_sum"], ref_metrics["loss_sum"], rtol=1e-5)
     assert float(metrics["correct"]) == float(ref_metrics["correct"])
     assert float(metrics["count"]) == 32 * steps
+
+
+def test_batchnorm_model_on_four_sharded_devices_equals_one(digits):
+    # On the mesh XLA computes the global batch's statistics: parameters AND running averages
+    # match one device after 10 steps.
+    config = _config(None)  # SGD: Adam's first steps turn float noise into sign flips
+    reference, ref_metrics = _train(config, digits[0], parallel.SingleDevice(), 10, TinyResNet())
+    placement = parallel.ShardedDataParallel(4)
+    variables, metrics = _train(config, digits[0], placement, 10, TinyResNet())
+    assert "batch_stats" in variables
+    flat_ref = jax.tree_util.tree_leaves_with_path(reference)
+    for (path, ours), (_, ref) in zip(
+        jax.tree_util.tree_leaves_with_path(variables), flat_ref, strict=True
+    ):
+        np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5, err_msg=str(path))
+    np.testing.assert_allclose(metrics["loss_sum"], ref_metrics["loss_sum"], rtol=1e-5)
+
+
+def test_batchnorm_under_pmap_averages_the_running_statistics(digits):
+    # Each device normalises with its own slice; after the step the running statistics are
+    # averaged over devices: every device holds the same values, and the running MEAN equals
+    # one device's (the mean of equal slices' means is the batch mean).
+    config = _config(None)
+    state = _train(config, digits[0], parallel.PmapDataParallel(4), 1, TinyResNet(), raw=True)
+    stats = jax.tree.map(np.asarray, state.model_state["batch_stats"])
+    for leaf in jax.tree.leaves(stats):
+        assert leaf.shape[0] == 4
+        np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
+    single, _ = _train(config, digits[0], parallel.SingleDevice(), 1, TinyResNet())
+    np.testing.assert_allclose(
+        stats["BatchNorm_0"]["mean"][0], single["batch_stats"]["BatchNorm_0"]["mean"], rtol=1e-5
+    )
+
+
+def test_batchnorm_model_trains_under_pmap_to_the_same_band(digits):
+    config = _config(
+        None, devices=4, parallel="pmap", epochs=8, optimizer="adam",
+        learning_rate=3e-3,
+    )  # fmt: skip
+    result = training.fit(
+        config, model=TinyResNet(), train_data=digits[0], test_data=digits[1], log=lambda s: None
+    )
+    assert result.summary["devices"] == 4
+    assert result.summary["test_acc"] >= 0.93, result.history
 
 
 def test_sharded_state_is_replicated_and_batch_split(digits):

@@ -1,0 +1,246 @@
+"""Any Flax module as the engine sees it: two pure functions of (params, model_state).
+
+The engine (``jaxnotes.training``) trains a linen module and an NNX module through the same pair::
+
+    init(key, x)                                   -> (params, model_state)
+    apply(params, model_state, x, train, dropout_key) -> (outputs, new_model_state)
+
+``params`` are what the optimizer updates; ``model_state`` holds every other variable collection
+(linen's ``batch_stats`` or a counter; NNX's ``BatchStat`` and other non-``Param`` variables) as
+plain nested dicts of arrays, so the state is a pytree that jit donates, a mesh replicates, vmap
+stacks and orbax checkpoints like the parameters. In training the new ``model_state`` is what
+the module wrote (BatchNorm's running averages); in evaluation it is returned unchanged.
+
+linen: the module is called as ``module.apply(variables, x, train=bool, rngs={"dropout": key})``
+and returns logits or ``(logits, *aux_logits)``; its collections other than ``params`` are
+mutable in training only.
+
+NNX (``flax.nnx.Module``, built eagerly with its own ``nnx.Rngs``): the functional API
+(``nnx.split`` / ``nnx.merge``) turns the object into a graph definition plus states. Supported:
+``nnx.Param`` leaves are trained, every other variable (``nnx.BatchStat``, custom ones) is
+``model_state``; training mode via ``module.train()`` / ``module.eval()`` (``deterministic``,
+``use_running_average``), or a ``train`` argument if its ``__call__`` takes one; dropout layers
+built with ``rngs=`` draw from the engine's per-step key (``nnx.reseed``), so the seed of the run,
+not the module's stream counter, decides the masks and a resumed run repeats them. The module's
+weights are its own initial values (its ``nnx.Rngs`` made them); the run's seed sets the data order
+and dropout keys. Not supported: dropout that takes ``rngs`` only at call time, and precision
+switching (build the module in the dtype you want).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A module wrapped for the engine (see the module docstring for the two functions).
+
+    kind: "linen" or "nnx". label: the class name, the run's default ``model`` label.
+    keys_per_example: ``(x) -> bool`` for an input ``ShapeDtypeStruct``: whether the engine should
+      vmap ``apply`` over single examples to give each its own dropout key (see
+      ``training.make_train_step``). True only for stateless linen modules that use dropout:
+      BatchNorm needs the whole batch, and NNX dropout draws from one stream per call.
+    """
+
+    module: Any
+    kind: str
+    label: str
+    init: Callable[[jax.Array, jax.Array], tuple[Any, Any]]
+    apply: Callable[..., tuple[Any, Any]]
+    keys_per_example: Callable[[jax.ShapeDtypeStruct], bool]
+
+
+def as_model(module: Any) -> Model:
+    """Wrap a ``flax.linen.Module`` or ``flax.nnx.Module`` (a ``Model`` is returned as is).
+
+    Raises TypeError, naming what was given, for anything else (a function, a class, a name).
+    """
+    if isinstance(module, Model):
+        return module
+    import flax.linen as nn
+
+    if isinstance(module, nn.Module):
+        return _linen(module)
+    nnx = _nnx()
+    if nnx is not None and isinstance(module, nnx.Module):
+        return _nnx_model(module, nnx)
+    if isinstance(module, type):
+        what = f"the class {module.__name__} (instantiate it: {module.__name__}(...))"
+    elif callable(module):
+        what = f"the function {getattr(module, '__name__', module)!r}"
+    else:
+        what = f"{type(module).__name__} {module!r:.60}"
+    raise TypeError(
+        f"expected a flax.linen.Module or a flax.nnx.Module instance, got {what}; a zoo model is "
+        "jaxnotes.models.get_model(name) or TrainConfig(model=name)"
+    )
+
+
+def _nnx():
+    try:
+        from flax import nnx
+    except ImportError:  # flax releases before NNX
+        return None
+    return nnx
+
+
+# --- linen ---------------------------------------------------------------------------------------
+
+
+def _linen(module) -> Model:
+    def init(key: jax.Array, x: jax.Array) -> tuple[Any, Any]:
+        variables = dict(module.init(key, x, train=False))
+        params = variables.pop("params", {})
+        return params, variables
+
+    def apply(params, model_state, x, train: bool, dropout_key=None):
+        variables = {"params": params, **model_state}
+        rngs = None if dropout_key is None else {"dropout": dropout_key}
+        if train and model_state:
+            outputs, updated = module.apply(
+                variables, x, train=True, rngs=rngs, mutable=list(model_state)
+            )
+            return outputs, {**model_state, **updated}
+        return module.apply(variables, x, train=train, rngs=rngs), model_state
+
+    def keys_per_example(x: jax.ShapeDtypeStruct) -> bool:
+        from flax.errors import InvalidRngError
+
+        try:
+            params, state = jax.eval_shape(init, jax.random.key(0), x)
+            if jax.tree.leaves(state):
+                return False
+            jax.eval_shape(lambda p, v: apply(p, {}, v, True), params, x)
+        except InvalidRngError:
+            return True
+        except Exception:  # noqa: BLE001 -- shape errors are reported by check_outputs
+            return False
+        return False
+
+    return Model(module, "linen", type(module).__name__, init, apply, keys_per_example)
+
+
+# --- NNX -----------------------------------------------------------------------------------------
+
+
+def _nnx_model(module, nnx) -> Model:
+    graphdef, params, rng_state, rest = nnx.split(module, nnx.Param, nnx.RngState, ...)
+    # Templates hold only the tree structure; the values come in as arguments (never as jit
+    # constants, which would copy the weights into the compiled program).
+    templates = [_abstract(s) for s in (params, rest)]
+    rng_values = nnx.to_pure_dict(rng_state)
+    initial = (_copy(nnx.to_pure_dict(params)), _copy(nnx.to_pure_dict(rest)))
+    call_takes_train = "train" in inspect.signature(type(module).__call__).parameters
+
+    def init(key: jax.Array, x: jax.Array) -> tuple[Any, Any]:
+        del key, x  # an NNX module arrives initialised
+        return initial
+
+    rng_template = _abstract(rng_state)
+
+    def merged(params_values, state_values):
+        rngs = _filled(rng_template, rng_values, nnx)
+        trained = _filled(templates[0], params_values, nnx)
+        return nnx.merge(graphdef, trained, rngs, _filled(templates[1], state_values, nnx))
+
+    def apply(params_values, state_values, x, train: bool, dropout_key=None):
+        live = merged(params_values, state_values)
+        if dropout_key is not None:
+            nnx.reseed(live, dropout=dropout_key, default=dropout_key)
+        _set_mode(live, train)
+        outputs = live(x, train=train) if call_takes_train else live(x)
+        if not train:
+            return outputs, state_values
+        _, _, _, updated = nnx.split(live, nnx.Param, nnx.RngState, ...)
+        return outputs, nnx.to_pure_dict(updated)
+
+    return Model(module, "nnx", type(module).__name__, init, apply, lambda x: False)
+
+
+def _set_mode(module, train: bool) -> None:
+    if hasattr(module, "train") and hasattr(module, "eval"):
+        module.train() if train else module.eval()
+        return
+    module.set_attributes(
+        deterministic=not train, use_running_average=not train, raise_if_not_found=False
+    )
+
+
+def _abstract(state):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), state)
+
+
+def _filled(template, values, nnx):
+    state = jax.tree.map(lambda a: a, template)  # a fresh State: replace_by_pure_dict mutates
+    nnx.replace_by_pure_dict(state, values)
+    return state
+
+
+def _copy(tree):
+    return jax.tree.map(jnp.array, tree)
+
+
+# --- checks before the first step ---------------------------------------------------------------
+
+
+def check_outputs(model: Model, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Trace the model on ``(2, *input_shape)`` (shapes only, no compute); return its logit width.
+
+    Raises ValueError, before anything is compiled or written, when the module cannot take the
+    input (with the module's own message), returns something that is not logits of shape
+    (batch, classes) or a tuple of such, or has fewer outputs than the data has classes.
+    """
+    x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    key = jax.random.key(0)
+    try:
+        params, state = jax.eval_shape(model.init, key, x)
+        outputs = {
+            mode: jax.eval_shape(
+                lambda p, s, v, k, train=(mode == "train"): model.apply(p, s, v, train, k),
+                params,
+                state,
+                x,
+                key,
+            )[0]
+            for mode in ("eval", "train")
+        }
+    except Exception as error:  # the module's own message, raised before the first step
+        raise ValueError(
+            f"{model.label} cannot take inputs of shape (batch, {', '.join(map(str, input_shape))})"
+            f": {type(error).__name__}: {error}"
+        ) from error
+    if not jax.tree.leaves(params):
+        raise ValueError(f"{model.label} has no parameters (no 'params' collection) to train")
+    width = None
+    for mode, out in outputs.items():
+        parts = list(out) if isinstance(out, tuple | list) else [out]
+        for part in parts:
+            ok = (
+                isinstance(part, jax.ShapeDtypeStruct)
+                and len(part.shape) == 2
+                and part.shape[0] == 2
+                and jnp.issubdtype(part.dtype, jnp.floating)
+            )
+            if not ok:
+                raise ValueError(
+                    f"{model.label} must return logits of shape (batch, classes), or a tuple "
+                    f"(logits, *aux_logits); in {mode} mode it returned {_describe(out)}"
+                )
+        width = parts[0].shape[1]
+    if width < num_classes:
+        raise ValueError(
+            f"the data has labels 0..{num_classes - 1} but {model.label} outputs {width} logits; "
+            f"give the model at least {num_classes} outputs"
+        )
+    return width
+
+
+def _describe(out: Any) -> str:
+    return str(jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", out))
