@@ -9,6 +9,13 @@ stops with a message naming the first differing path or setting, before orbax to
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +55,84 @@ def first_difference(saved: list[list], current: list[list]) -> str | None:
     return None
 
 
-class Checkpoints:
-    """Orbax checkpoints of a state pytree, each with JSON metadata, in ``directory``."""
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); the earlier ones are intact."""
 
-    def __init__(self, directory: Path, keep: int):
+
+def _os_reason(error: BaseException) -> str:
+    """The OS-level reason inside an exception chain (e.g. "No space left on device")."""
+    seen = error
+    while seen is not None:
+        # TensorStore reports the errno inside its message: [os_error_code='28']
+        code = re.search(r"os_error_code='(\d+)'", str(seen))
+        if code:
+            return os.strerror(int(code.group(1)))
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:100]}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """Hold what is written to file descriptor 2 (orbax's threads, TensorStore's C++ code).
+
+    A failed asynchronous write prints hundreds of lines of tracebacks from several threads
+    before the error reaches us; we report it in one line instead. Yields a list that gets the
+    held text; the caller replays it when nothing failed (warnings are not lost).
+    """
+    held: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            held.append(sink.read().decode(errors="replace"))
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs a damaged checkpoint's error at length before raising it; we report it once."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class Checkpoints:
+    """Orbax checkpoints of a state pytree, each with JSON metadata, in ``directory``.
+
+    ``restore`` verifies what it reads: a damaged newest checkpoint (truncated arrays, an empty
+    step folder, corrupt metadata) is moved aside to ``DIR/../damaged-checkpoints/STEP`` with a
+    one-line note, and the newest intact one is used. ``save`` reports a failed write (disk
+    full) as one :class:`CheckpointError` naming the folder and the last intact checkpoint.
+    """
+
+    def __init__(self, directory: Path, keep: int, note=print):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.directory = Path(directory).absolute()
+        self.keep = keep
+        self.note = note
+        self.last_saved: int | None = None
+        self._open()
+
+    def _open(self) -> None:
+        ocp = self._ocp
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True),
         )
 
     def latest_step(self) -> int | None:
@@ -68,48 +142,127 @@ class Checkpoints:
         return str(self.directory / str(step))
 
     def save(self, state: Any, meta: dict) -> str:
+        """Write checkpoint ``state.step`` and wait until it is complete; return its folder."""
         ocp = self._ocp
         step = int(state.step)
         meta = {**meta, "tree": tree_signature(state)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
+        intact = self.latest_step()
+        failure = None
+        with _stderr_held() as held, _quiet_orbax():
+            try:
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                    ),
+                    force=True,
+                )
+                # Wait: a later crash must not take the checkpoint we report as the last good one.
+                self.manager.wait_until_finished()
+            except Exception as error:  # noqa: BLE001 -- one line instead of orbax's traces
+                failure = error
+                self._discard_partial(step)  # still held: closing flushes the threads' traces
+        if failure is None:
+            sys.stderr.write("".join(held))
+            self.last_saved = step
+            return self.path(step)
+        # The failed write's orphaned futures would each log "exception was never retrieved"
+        # when collected at exit; the one-line error below already says what happened.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        kept = self.path(intact) if intact is not None else "none was written yet"
+        raise CheckpointError(
+            f"could not write checkpoint {self.path(step)} ({_os_reason(failure)}); the last "
+            f"intact checkpoint is {kept}"
         )
-        # Wait: a later crash must not take the checkpoint we report as "the last good one".
-        self.manager.wait_until_finished()
-        return self.path(step)
+
+    def _discard_partial(self, step: int) -> None:
+        # Orbax writes into STEP.orbax-checkpoint-tmp-*; a failed write leaves that behind.
+        for leftover in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 -- the manager may be broken by the failed write
+            pass
+        self._open()
 
     def read_meta(self, step: int | None = None) -> dict:
         """The metadata of checkpoint ``step`` (default: the latest), without reading arrays."""
         ocp = self._ocp
         step = self.latest_step() if step is None else step
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return restored["meta"]
+        meta = restored["meta"]
+        if not isinstance(meta, dict) or "config" not in meta:
+            raise ValueError(f"checkpoint {self.path(step)}: its metadata has no configuration")
+        return meta
+
+    def latest_intact_meta(self) -> tuple[int, dict] | None:
+        """(step, metadata) of the newest checkpoint whose metadata reads; damaged ones moved."""
+        while (step := self.latest_step()) is not None:
+            try:
+                with _quiet_orbax():
+                    return step, self.read_meta(step)
+            except Exception as error:  # noqa: BLE001 -- any damage: set it aside, try older
+                self._set_aside(step, error)
+        return None
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """The state of checkpoint ``step`` (default: the latest) shaped like ``abstract_state``.
+        """The state of the newest intact checkpoint (or of ``step``) shaped like the argument.
 
         Raises ValueError naming the first differing path when the saved tree is not the one
-        ``abstract_state`` has (another model, input size or optimizer).
+        ``abstract_state`` has (another model, input size or optimizer), FileNotFoundError when
+        no intact checkpoint is left.
         """
+        while True:
+            found = (step, self.read_meta(step)) if step is not None else self.latest_intact_meta()
+            if found is None:
+                raise FileNotFoundError(f"no intact checkpoint left in {self.directory}")
+            at, meta = found
+            self._check_tree(at, meta, abstract_state)
+            try:
+                with _quiet_orbax():
+                    return self._restore_arrays(at, abstract_state), meta
+            except Exception as error:  # noqa: BLE001 -- truncated or unreadable arrays
+                if step is not None:
+                    raise
+                self._set_aside(at, error)
+
+    def _check_tree(self, step: int, meta: dict, abstract_state: Any) -> None:
+        if "tree" not in meta:
+            return
+        difference = first_difference(meta["tree"], tree_signature(abstract_state))
+        if difference:
+            raise ValueError(
+                f"checkpoint {self.path(step)} holds another model or optimizer: {difference}; "
+                "resume with the same model or start a new --workdir"
+            )
+
+    def _restore_arrays(self, step: int, abstract_state: Any) -> Any:
         ocp = self._ocp
-        step = self.latest_step() if step is None else step
-        meta = self.read_meta(step)
-        if "tree" in meta:
-            difference = first_difference(meta["tree"], tree_signature(abstract_state))
-            if difference:
-                raise ValueError(
-                    f"checkpoint {self.path(step)} holds another model or optimizer: "
-                    f"{difference}; resume with the same model or start a new --workdir"
-                )
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
         )
-        return restored["state"], meta
+        state = restored["state"]
+        leaves = jax.tree.leaves(state)
+        if len(leaves) != len(jax.tree.leaves(abstract_state)):
+            raise ValueError("the restored tree has missing leaves")
+        return state
+
+    def _set_aside(self, step: int, error: BaseException) -> None:
+        damaged = self.directory.parent / "damaged-checkpoints" / str(step)
+        damaged.parent.mkdir(parents=True, exist_ok=True)
+        if damaged.exists():
+            shutil.rmtree(damaged)
+        shutil.move(self.path(step), damaged)
+        text = str(error).strip()
+        reason = (
+            f"{type(error).__name__}: {text.splitlines()[0][:100]}"
+            if text
+            else type(error).__name__
+        )
+        self.note(f"checkpoint {self.path(step)} is damaged ({reason}); moved to {damaged}")
+        self.close()
+        self._open()
 
     def close(self) -> None:
         self.manager.close()

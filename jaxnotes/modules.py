@@ -36,6 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -244,3 +245,55 @@ def check_outputs(model: Model, input_shape: tuple[int, ...], num_classes: int) 
 
 def _describe(out: Any) -> str:
     return str(jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", out))
+
+
+def _bytes(aval: Any) -> int:
+    return int(np.prod(aval.shape, dtype=np.int64)) * jnp.dtype(aval.dtype).itemsize
+
+
+def memory_floor(model: Model, input_shape: tuple[int, ...], batch_size: int) -> dict[str, int]:
+    """A lower bound on the memory one training step needs, from shapes alone (no compute).
+
+    Parameters and their gradients, plus the largest single intermediate array of the forward
+    pass for the whole batch. The real need is larger (every stored activation, the optimizer's
+    slots), so a run refused by this bound could never have fitted.
+    """
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    params, state = jax.eval_shape(model.init, jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(lambda p, s, v: model.apply(p, s, v, False))(params, state, x)
+    largest = max((_bytes(v.aval) for e in jaxpr.eqns for v in e.outvars), default=0)
+    param_bytes = sum(_bytes(leaf) for leaf in jax.tree.leaves(params))
+    return {"params_and_grads": 2 * param_bytes, "largest_activation": batch_size * largest}
+
+
+def device_memory() -> tuple[int | None, str]:
+    """(bytes, what) the default device can hold: its memory limit, or the host's RAM on CPU."""
+    import os
+
+    device = jax.local_devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 -- backends without memory statistics
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"the {device.platform.upper()}'s memory"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM"
+    except (ValueError, OSError, AttributeError):
+        return None, "unknown"
+
+
+def check_memory(model: Model, input_shape: tuple[int, ...], batch_size: int) -> None:
+    """Raise ValueError, with the figures, when a step cannot fit in the device's memory."""
+    floor = memory_floor(model, input_shape, batch_size)
+    need = sum(floor.values())
+    have, what = device_memory()
+    if have is not None and need > have:
+        gib = 2**30
+        raise ValueError(
+            f"{model.label} at input {'x'.join(map(str, input_shape))} with batch {batch_size} "
+            f"needs at least {need / gib:.1f} GiB (parameters and gradients "
+            f"{floor['params_and_grads'] / gib:.1f} GiB, the largest activation "
+            f"{floor['largest_activation'] / gib:.1f} GiB) but {what} is {have / gib:.1f} GiB; "
+            "use a smaller --resize or --batch-size"
+        )

@@ -24,6 +24,10 @@ from jaxnotes import shapes
 
 
 def _check_ndim(name: str, array: jax.Array, ndims: tuple[int, ...], layout: str) -> None:
+    if jnp.result_type(array) == jnp.bool_:
+        raise ValueError(
+            f"{name} has dtype bool; pass numbers (e.g. .astype(jnp.float32): True -> 1.0)"
+        )
     if array.ndim not in ndims:
         raise ValueError(f"{name} must have layout {layout}, got an array of shape {array.shape}")
 

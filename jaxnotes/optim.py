@@ -14,6 +14,8 @@ gradients are large). Either way a mask keeps biases and every other 1-D paramet
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import jax
@@ -28,6 +30,10 @@ def decay_mask(params: Any) -> Any:
     Biases (and any other vector, such as a norm scale) are 1-D and stay undecayed.
     """
     return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def make_optimizer(
@@ -53,14 +59,18 @@ def make_optimizer(
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
-    if not callable(learning_rate) and not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if not callable(learning_rate) and not (_finite(learning_rate) and learning_rate > 0):
+        raise ValueError(
+            f"learning_rate must be a finite number > 0 or an optax schedule, got {learning_rate!r}"
+        )
+    if not _finite(momentum):
+        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
     if name == "momentum" and momentum == 0.0:
         momentum = 0.9
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if not (_finite(weight_decay) and weight_decay >= 0.0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
 
     if name == "adam":
         transform = optax.scale_by_adam()

@@ -32,6 +32,7 @@ replicated array once.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -222,14 +223,23 @@ def make_placement(num_devices: int, parallel: str = "sharded") -> SingleDevice:
 CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_ID")
 
 
+class DistributedStartError(ValueError):
+    """The processes of a multi-host run did not all join in time (or the address is bad)."""
+
+
 def maybe_initialize_distributed(
     coordinator: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    timeout: int = 180,
+    log: Callable[[str], None] | None = None,
 ) -> bool:
     """Start ``jax.distributed`` when asked (flags) or when a cluster environment is present.
 
     Must run before anything else touches the JAX backend. Returns whether it was started.
+    Says on stderr what it waits for; raises DistributedStartError after ``timeout`` seconds
+    without every process (a coordinator that never answers would otherwise wait forever).
     """
     explicit = (coordinator, num_processes, process_id)
     if any(value is not None for value in explicit):
@@ -238,15 +248,66 @@ def maybe_initialize_distributed(
                 "multi-host needs all three of --coordinator HOST:PORT, --num-processes N "
                 "and --process-id I"
             )
+        if num_processes < 1:
+            raise ValueError(f"--num-processes must be >= 1, got {num_processes}")
         if not 0 <= process_id < num_processes:
             raise ValueError(f"--process-id must be in [0, {num_processes}), got {process_id}")
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+        role = "serving as" if process_id == 0 else "waiting for"
+        _say(
+            log,
+            f"process {process_id} of {num_processes}: {role} the coordinator at {coordinator}, "
+            f"up to {timeout} s for all processes to join",
+        )
+        _initialize(timeout, coordinator, num_processes, process_id, log=log)
         return True
     in_cluster = any(
         name in os.environ and (name != "SLURM_NTASKS" or int(os.environ[name]) > 1)
         for name in CLUSTER_ENV
     )
     if in_cluster:
-        jax.distributed.initialize()
+        _say(log, f"cluster environment found: joining it (up to {timeout} s)")
+        _initialize(timeout, log=log)
         return True
     return False
+
+
+def _say(log: Callable[[str], None] | None, line: str) -> None:
+    if log is not None:
+        log(line)
+    else:
+        import sys
+
+        print(line, file=sys.stderr, flush=True)
+
+
+def _initialize(timeout: int, *args, log: Callable[[str], None] | None = None) -> None:
+    """``jax.distributed.initialize`` under a watchdog.
+
+    When the coordinator never answers, JAX aborts the whole process (a C++ fatal error and a
+    stack dump, exit -6) only after its own deadline; the watchdog fires first, says what was
+    awaited, and exits with code 2 (a usage error: the addresses or counts do not match).
+    """
+    done = threading.Event()
+    where = f"the coordinator at {args[0]}" if args else "the cluster's coordinator"
+
+    def watchdog() -> None:
+        if not done.wait(timeout):
+            _say(
+                log,
+                f"error: no answer from {where} within {timeout} s; check that every process "
+                "was started with the same --coordinator and --num-processes and that the "
+                "coordinator's port is reachable (--coordinator-timeout to wait longer)",
+            )
+            os._exit(2)
+
+    threading.Thread(target=watchdog, name="coordinator-watchdog", daemon=True).start()
+    try:
+        jax.distributed.initialize(*args, initialization_timeout=timeout + 60)
+    except Exception as error:  # noqa: BLE001 -- XLA's errors carry pages of C++ context
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DistributedStartError(
+            f"the multi-host start with {where} failed ({first[:200]}); check that every "
+            "process was started with the same --coordinator and --num-processes"
+        ) from None
+    finally:
+        done.set()

@@ -31,6 +31,11 @@ def _save(fig, path: str | os.PathLike | None):
     return fig
 
 
+def close(fig) -> None:
+    """Release a figure that was only saved (pyplot keeps every open figure alive)."""
+    _pyplot().close(fig)
+
+
 def learning_curves(
     history: Sequence[Mapping[str, Any]],
     path: str | os.PathLike | None = None,

@@ -46,11 +46,38 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxnotes import modules, optim, parallel
-from jaxnotes.checkpoints import Checkpoints
+from jaxnotes import guard, modules, optim, parallel
+from jaxnotes import workdir as workdirs
+from jaxnotes.checkpoints import CheckpointError, Checkpoints
+from jaxnotes.config import TrainConfig
+from jaxnotes.guard import TrainingDivergedError, TrainingInterrupted, check_guard
 from jaxnotes.losses import classification_loss, logits_of
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+# Re-exported: the engine's public names (DESIGN's API contract) stay importable from here.
+__all__ = [
+    "CheckpointError",
+    "Checkpoints",
+    "FitResult",
+    "TrainConfig",
+    "TrainState",
+    "TrainingDivergedError",
+    "TrainingInterrupted",
+    "build",
+    "check_guard",
+    "create_train_state",
+    "empty_eval_metrics",
+    "empty_metrics",
+    "eval_step",
+    "evaluate",
+    "fit",
+    "jit_eval_step",
+    "jit_train_step",
+    "make_eval_step",
+    "make_multi_step",
+    "make_train_step",
+    "train_step",
+]
 
 
 def _identity(x: jax.Array) -> jax.Array:
@@ -370,129 +397,6 @@ def eval_step(
     return make_eval_step(model, preprocess)(weights, batch, metrics)
 
 
-# --- the guard -----------------------------------------------------------------------------------
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN/inf or exploded; raised with the step and the likely causes."""
-
-    def __init__(self, step: int, kind: str, loss: float, detail: str, checkpoint: str | None):
-        self.step, self.kind, self.loss, self.checkpoint = step, kind, loss, checkpoint
-        kept = (
-            f"The last good checkpoint is intact: {checkpoint}"
-            if checkpoint
-            else "No checkpoint had been written yet"
-        )
-        super().__init__(
-            f"Training stopped at step {step}: {detail}. Likely causes (the notes): a learning "
-            "rate too large (try 10x smaller), weights initialised too large, or a division by "
-            f"zero (0/0 gives NaN; x/0 gives inf). {kept}."
-        )
-
-
-def check_guard(host_metrics: dict, checkpoint: str | None, divergence_factor: float) -> None:
-    """Raise :class:`TrainingDivergedError` if the accumulator recorded a bad step."""
-    step = int(host_metrics["bad_step"])
-    if step < 0:
-        return
-    loss = float(host_metrics["bad_loss"])
-    if int(host_metrics["bad_kind"]) == 1:
-        kind, detail = "non-finite", f"the loss became {loss} (not finite)"
-    else:
-        kind = "diverged"
-        detail = (
-            f"the loss diverged to {loss:.4g}, over {divergence_factor:g} x the first loss "
-            f"({float(host_metrics['first_loss']):.4g})"
-        )
-    raise TrainingDivergedError(step, kind, loss, detail, checkpoint)
-
-
-# --- configuration -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One experiment. ``fit(TrainConfig(model="lenet", dataset="digits"))`` runs it.
-
-    ``model``: a zoo name; with ``fit(config, model=module)`` only the run's label (None: the
-    module's class name, or "lenet" when no module is given).
-    """
-
-    model: str | None = None
-    dataset: str = "digits"
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    learning_rate: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    decoupled: bool = True
-    schedule: str = "constant"  # or "cosine": cosine decay to 0 over the run
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
-    resize: int | None = None  # image side the model sees; None keeps the data's
-    normalization: str = "scale"
-    precision: str = "fp32"
-    seed: int = 0
-    log_every: int = 50  # steps between host pulls of the metrics (and progress updates)
-    checkpoint_every: int = 1  # epochs between checkpoints; 0 disables
-    checkpoint_every_steps: int = 0  # also checkpoint every N steps (0: only at epoch ends)
-    keep_checkpoints: int = 2
-    divergence_factor: float = 1e3
-    aux_weight: float = 0.3
-    progress: bool = True
-    devices: int = 1  # data-parallel devices (jaxnotes.parallel); results do not depend on it
-    parallel: str = "sharded"  # with devices > 1: "sharded" (mesh + jit) or "pmap"
-    steps_per_dispatch: int = 1  # > 1: scan that many steps per jit call (one device only)
-
-    def validate(self) -> None:
-        """Raise ValueError for values no run can use (the runner turns it into exit code 2)."""
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (
-                self.eval_batch_size >= 1,
-                f"eval batch size must be >= 1, got {self.eval_batch_size}",
-            ),
-            (self.learning_rate > 0, f"learning rate must be > 0, got {self.learning_rate}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}"),
-            (self.schedule in ("constant", "cosine"), "schedule must be 'constant' or 'cosine'"),
-            (self.resize is None or self.resize >= 1, f"resize must be >= 1, got {self.resize}"),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
-            (self.devices >= 1, f"devices must be >= 1, got {self.devices}"),
-            (self.parallel in ("sharded", "pmap"), "parallel must be 'sharded' or 'pmap'"),
-            (self.steps_per_dispatch >= 1, "steps_per_dispatch must be >= 1"),
-            (
-                self.steps_per_dispatch == 1 or self.devices == 1,
-                "steps_per_dispatch > 1 runs on one device only",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    # Fields that change what a run computes: a resumed run must match them.
-    RESUME_FIELDS = (
-        "model",
-        "dataset",
-        "batch_size",
-        "learning_rate",
-        "optimizer",
-        "momentum",
-        "weight_decay",
-        "decoupled",
-        "schedule",
-        "model_kwargs",
-        "resize",
-        "normalization",
-        "precision",
-        "seed",
-        "aux_weight",
-    )
-
-
 # --- the loop ------------------------------------------------------------------------------------
 
 
@@ -504,6 +408,7 @@ class FitResult:
     history: list[dict]
     summary: dict
     compilations: int | None  # times the train step compiled (1 in a healthy run; None: pmap)
+    workdir: Path | None = None
 
 
 def _mean(sums: dict) -> tuple[float, float]:
@@ -600,7 +505,8 @@ def build(config: TrainConfig, train_data, placement=None, *, model: Any = None,
     module = resolve_model(config, model, train_data.num_classes)
     input_shape = _input_shape(config, train_data, test_data)
     fns = modules.as_model(module)
-    modules.check_outputs(fns, input_shape, num_classes)
+    num_logits = modules.check_outputs(fns, input_shape, num_classes)
+    modules.check_memory(fns, input_shape, config.batch_size // placement.num_devices)
     tx = optim.make_optimizer(
         config.optimizer,
         _learning_rate(config, config.epochs * steps_per_epoch),
@@ -622,6 +528,7 @@ def build(config: TrainConfig, train_data, placement=None, *, model: Any = None,
         "tx": tx,
         "preprocess": preprocess,
         "input_shape": input_shape,
+        "num_logits": num_logits,
         "steps_per_epoch": steps_per_epoch,
         "placement": placement,
         "train_step": placement.jit_train(train_step),
@@ -699,13 +606,16 @@ class _Session:
     metrics: dict
     step: int
     history: list[dict]
-    workdir: Path | None
-    checkpoints: Checkpoints | None
+    workdir: Path | None = None
+    checkpoints: Checkpoints | None = None
+    lock: workdirs.Lock | None = None
     last_checkpoint: str | None = None
-    # Throughput counts training steps only (no evaluation, no first step: it compiles).
-    train_examples: int = 0
+    saved_step: int = -1  # step of the newest checkpoint of this run (-1: none)
+    clear_before_writing: bool = False  # overwrite: the old run's files go at the first write
+    # Throughput: training steps only, without the calls that compiled and the saves.
+    timed_steps: int = 0
     train_seconds: float = 0.0
-    compiled: bool = False
+    warm: set = dataclasses.field(default_factory=set)  # compiled step functions already run
 
 
 def _set_up(config, model, train_data, test_data, log) -> _Run:
@@ -722,83 +632,183 @@ def _set_up(config, model, train_data, test_data, log) -> _Run:
     return _Run(config, train_data, test_data, parts, log if primary else (lambda line: None))
 
 
-def _open(run: _Run, workdir, resume: bool) -> _Session:
-    """The initial state, or the latest checkpoint's when resuming (settings checked first)."""
+def _open(run: _Run, workdir, resume: bool, overwrite: bool) -> _Session:
+    """The run's folder (locked) and the initial state, or the latest intact checkpoint's."""
     config, parts, placement = run.config, run.parts, run.placement
     state = create_train_state(parts["fns"], parts["tx"], parts["input_shape"], config.seed)
-    workdir = Path(workdir) if workdir is not None else None
-    checkpoints, history, last_checkpoint = None, [], None
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints)
-    if resume:
-        if checkpoints is None or checkpoints.latest_step() is None:
-            where = workdir / "checkpoints" if workdir else "(no workdir given)"
-            raise FileNotFoundError(f"--resume: no checkpoint found in {where}")
-        _check_resume_config(checkpoints.read_meta()["config"], config)
-        state, meta = checkpoints.restore(state)
-        history = [h for h in meta["history"] if h["step"] <= int(state.step)]
-        last_checkpoint = checkpoints.path(int(state.step))
-        run.log(f"resumed from step {int(state.step)} ({last_checkpoint})")
-    step = int(state.step)
-    return _Session(
-        state=placement.put(state),
-        metrics=placement.put(empty_metrics()),
-        step=step,
-        history=history,
-        workdir=workdir,
-        checkpoints=checkpoints,
-        last_checkpoint=last_checkpoint,
+    session = _Session(state=state, metrics=empty_metrics(), step=0, history=[])
+    if workdir is None:
+        if resume:
+            raise FileNotFoundError("--resume: no checkpoint found in (no workdir given)")
+    else:
+        try:
+            _open_workdir(run, session, workdir, resume, overwrite)
+            if resume:
+                _restore(run, session)
+        except BaseException:
+            _close(session)
+            raise
+    session.step = int(session.state.step)
+    session.state, session.metrics = placement.put(session.state), placement.put(session.metrics)
+    return session
+
+
+def _open_workdir(run: _Run, session: _Session, workdir, resume: bool, overwrite: bool) -> None:
+    if isinstance(workdir, workdirs.NewRun):
+        path = workdir.create()
+    else:
+        path = Path(workdir)
+        if resume and not workdirs.has_checkpoint(path):
+            raise FileNotFoundError(f"--resume: no checkpoint found in {path / 'checkpoints'}")
+        path.mkdir(parents=True, exist_ok=True)
+    if run.primary:
+        session.lock = workdirs.Lock(path).acquire()
+    workdirs.check_reusable(path, resume=resume, overwrite=overwrite)  # under the lock
+    session.workdir = path
+    session.clear_before_writing = overwrite and not resume and workdirs.holds_run(path)
+    if not session.clear_before_writing:
+        session.checkpoints = Checkpoints(
+            path / "checkpoints", run.config.keep_checkpoints, run.log
+        )
+
+
+def _restore(run: _Run, session: _Session) -> None:
+    """Continue from the newest intact checkpoint: settings and tree checked before arrays."""
+    checkpoints = session.checkpoints
+    found = checkpoints.latest_intact_meta()
+    if found is None:
+        raise FileNotFoundError(f"--resume: no intact checkpoint in {checkpoints.directory}")
+    _check_resume_config(found[1]["config"], run.config)
+    state, meta = checkpoints.restore(session.state)
+    # Host copies, placed below like a fresh state: orbax's arrays come back committed to a
+    # device, which jit would compile a second program for.
+    session.state = jax.device_get(state)
+    step = int(session.state.step)
+    session.history = [h for h in meta["history"] if h["step"] <= step]
+    if "metrics" in meta:  # the epoch's running sums and the guard's memory
+        session.metrics = {
+            k: np.asarray(v, empty_metrics()[k].dtype) for k, v in meta["metrics"].items()
+        }
+    session.last_checkpoint, session.saved_step = checkpoints.path(step), step
+    run.log(f"resumed from step {step} ({session.last_checkpoint})")
+
+
+def _prepare_to_write(session: _Session, run: _Run) -> None:
+    """Before the run's first write: with overwrite, the earlier run's files go now."""
+    if session.clear_before_writing:
+        workdirs.clear_run(session.workdir)
+        session.checkpoints = Checkpoints(
+            session.workdir / "checkpoints", run.config.keep_checkpoints, run.log
+        )
+        session.clear_before_writing = False
+
+
+def _save(run: _Run, session: _Session, epoch: int, host_metrics: dict) -> None:
+    """Checkpoint the state with the epoch's sums and the guard (checked just before)."""
+    if session.workdir is None or session.saved_step == session.step:
+        return
+    _prepare_to_write(session, run)
+    meta = _meta(run, epoch, session.history, host_metrics)
+    session.last_checkpoint = session.checkpoints.save(run.placement.unplace(session.state), meta)
+    session.saved_step = session.step
+
+
+def _diagnose(run: _Run):
+    """``step -> causes`` for the guard: the bad step's own batch, then the optimizer."""
+
+    def causes(step: int) -> list[str]:
+        epoch, index = divmod(step, run.steps_per_epoch)
+        found = []
+        if epoch < run.config.epochs:
+            batch = next(iter(_epoch_batches(run, epoch, index)), None)
+            if batch is not None:
+                found += guard.batch_causes(batch, run.parts["num_logits"])
+        config = run.config
+        return found + guard.optimizer_causes(
+            config.learning_rate, config.weight_decay, config.decoupled
+        )
+
+    return causes
+
+
+def _check(run: _Run, session: _Session, host: dict) -> None:
+    guard.check_guard(
+        host, session.last_checkpoint, run.config.divergence_factor, diagnose=_diagnose(run)
     )
 
 
-def _save(run: _Run, session: _Session, epoch: int) -> None:
-    meta = _meta(run.config, epoch, session.history)
-    session.last_checkpoint = session.checkpoints.save(run.placement.unplace(session.state), meta)
+def _run_steps(run: _Run, session: _Session, batch: dict) -> tuple[int, float]:
+    """Dispatch one step (or k scanned steps): (steps run, seconds spent compiling them)."""
+    stacked = run.config.steps_per_dispatch > 1 and batch["label"].ndim == 2
+    # k > 1 runs on one device only, so a 2-D label array is k stacked batches there (under
+    # pmap a single batch is (devices, B / devices)).
+    function = run.parts["multi_step"] if stacked else run.parts["train_step"]
+    steps = batch["label"].shape[0] if stacked else 1
+    if function in session.warm:
+        session.state, session.metrics = function(session.state, batch, session.metrics)
+        session.timed_steps += steps
+        return steps, 0.0
+    # The call that compiles is timed apart: compiling is not training throughput.
+    jax.block_until_ready(session.state.step)
+    started = time.perf_counter()
+    session.state, session.metrics = function(session.state, batch, session.metrics)
+    jax.block_until_ready(session.state.step)
+    session.warm.add(function)
+    return steps, time.perf_counter() - started
 
 
-def _train_epoch(run: _Run, session: _Session, epoch: int) -> tuple[float, float]:
+def _train_epoch(run: _Run, session: _Session, epoch: int, stop) -> tuple[float, float]:
     """One epoch of steps from ``session.step`` on; returns its (train loss, train accuracy)."""
-    config, placement, parts = run.config, run.placement, run.parts
+    config, placement = run.config, run.placement
+    epoch_start_step = epoch * run.steps_per_epoch
+    last_step = epoch_start_step + run.steps_per_epoch
     bar = _progress(config, run.steps_per_epoch * config.batch_size, epoch, run.primary)
-    batches = _epoch_batches(run, epoch, session.step - epoch * run.steps_per_epoch)
-    epoch_start, timed_from_step = time.perf_counter(), session.step
+    batches = _epoch_batches(run, epoch, session.step - epoch_start_step)
+    started, untimed = time.perf_counter(), 0.0  # untimed: compiles and saves
     for batch in placement.batches(_group(batches, config.steps_per_dispatch)):
-        # k > 1 runs on one device only, so a 2-D label array is k stacked batches there
-        # (under pmap a single batch is (devices, B / devices)).
-        stacked = config.steps_per_dispatch > 1 and batch["label"].ndim == 2
-        run_steps = parts["multi_step"] if stacked else parts["train_step"]
-        session.state, session.metrics = run_steps(session.state, batch, session.metrics)
         previous = session.step
-        session.step += batch["label"].shape[0] if stacked else 1
-        if not session.compiled:
-            jax.block_until_ready(session.state.step)
-            session.compiled, epoch_start, timed_from_step = True, time.perf_counter(), session.step
+        steps, compile_seconds = _run_steps(run, session, batch)
+        session.step, untimed = session.step + steps, untimed + compile_seconds
         if bar is not None:
             bar.update((session.step - previous) * config.batch_size)
-        at_step_checkpoint = _crossed(previous, session.step, config.checkpoint_every_steps)
-        if _crossed(previous, session.step, config.log_every) or at_step_checkpoint:
+        # A step checkpoint due at the epoch's last step is taken at the epoch's end, after
+        # its evaluation: a checkpoint at an epoch boundary always holds that epoch's record.
+        at_step_checkpoint = session.step < last_step and _crossed(
+            previous, session.step, config.checkpoint_every_steps
+        )
+        interrupted = stop.signum is not None and session.step < last_step
+        if _crossed(previous, session.step, config.log_every) or at_step_checkpoint or interrupted:
             host = placement.host(session.metrics)
-            check_guard(host, session.last_checkpoint, config.divergence_factor)
+            _check(run, session, host)
             if bar is not None:
                 bar.set_postfix(loss=f"{_mean(host)[0]:.4f}")
-            if at_step_checkpoint and session.checkpoints is not None:
-                _save(run, session, epoch)
+            if at_step_checkpoint:
+                saving = time.perf_counter()
+                _save(run, session, epoch, host)
+                untimed += time.perf_counter() - saving
+            if interrupted:
+                _stop_on_interrupt(run, session, epoch, host, stop)
     if bar is not None:
         bar.close()
     host = placement.host(session.metrics)
-    check_guard(host, session.last_checkpoint, config.divergence_factor)
-    session.train_seconds += time.perf_counter() - epoch_start
-    session.train_examples += (session.step - timed_from_step) * config.batch_size
+    _check(run, session, host)
+    session.train_seconds += time.perf_counter() - started - untimed
     session.metrics = placement.put(reset_sums(host))
     return _mean(host)
 
 
+def _stop_on_interrupt(run: _Run, session: _Session, epoch: int, host: dict, stop) -> None:
+    """Save unless a checkpoint since the epoch's start exists; raise TrainingInterrupted."""
+    if session.saved_step < epoch * run.steps_per_epoch:
+        _save(run, session, epoch, host)
+    raise guard.TrainingInterrupted(session.step, session.last_checkpoint, stop.signum)
+
+
 def _epoch_batches(run: _Run, epoch: int, start_batch: int) -> Iterator[dict]:
     """This process's training batches of ``epoch`` from ``start_batch`` on."""
-    from jaxnotes import data as jdata
+    from jaxnotes.data import train_batches
 
-    return jdata.train_batches(
+    return train_batches(
         run.train_data,
         run.config.batch_size,
         seed=run.config.seed,
@@ -831,25 +841,28 @@ def _end_epoch(run: _Run, session: _Session, epoch: int, train: tuple, start_tim
         f"epoch {epoch + 1}/{config.epochs}  loss {train_loss:.4f}  train acc "
         f"{train_acc:.4f}  test acc {test['acc']:.4f}"
     )
-    if session.workdir is not None:
-        if run.primary:
-            _write_history(session.workdir, session.history)
-        if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
-            _save(run, session, epoch + 1)
+    if session.workdir is None:
+        return
+    _prepare_to_write(session, run)
+    if run.primary:
+        _write_json_lines(session.workdir / "metrics.jsonl", session.history)
+    epoch_due = config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0
+    step_due = _crossed(session.step - 1, session.step, config.checkpoint_every_steps)
+    if epoch_due or step_due:
+        _save(run, session, epoch + 1, run.placement.host(session.metrics))
 
 
 def _outputs(run: _Run, session: _Session, start_time: float) -> FitResult:
-    """Close the checkpoints, draw the learning curves, and make the summary."""
+    """Draw the learning curves, make the summary (and write summary.json)."""
     config, placement, parts = run.config, run.placement, run.parts
-    if session.checkpoints is not None:
-        session.checkpoints.close()
     if session.workdir is not None and session.history and run.primary:
         from jaxnotes import plots
 
         path = session.workdir / "learning_curves.png"
-        plots.learning_curves(session.history, path, title=config.model)
+        figure = plots.learning_curves(session.history, path, title=config.model)
+        plots.close(figure)  # a saved file; many runs in one process must not pile up figures
     final = session.history[-1] if session.history else {}
-    seconds = session.train_seconds
+    seconds, examples = session.train_seconds, session.timed_steps * config.batch_size
     step_fn = parts["multi_step"] if config.steps_per_dispatch > 1 else parts["train_step"]
     summary = {
         "model": config.model,
@@ -859,25 +872,41 @@ def _outputs(run: _Run, session: _Session, start_time: float) -> FitResult:
         "train_acc": final.get("train_acc"),
         "test_loss": final.get("test_loss"),
         "test_acc": final.get("test_acc"),
-        "examples_per_sec": session.train_examples / seconds if seconds > 0 else None,
+        # null when no step ran after the last compile (a one-step run measures nothing)
+        "examples_per_sec": examples / seconds if examples > 0 and seconds > 0 else None,
         "wall_s": time.perf_counter() - start_time,
         "steps": session.step,
+        "timed_steps": session.timed_steps,  # steps in examples_per_sec (none that compiled)
         "precision": config.precision,
         "devices": placement.num_devices,
         "processes": placement.process_count,
         # jit's count of compiled variants of the step (pmap exposes none)
         "compilations": getattr(step_fn, "_cache_size", lambda: None)(),
     }
+    if session.workdir is not None:
+        summary["workdir"] = str(session.workdir)
+        if run.primary:
+            _write_text(session.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
     state = placement.unplace(session.state)
-    return FitResult(state, session.history, summary, compilations=summary["compilations"])
+    return FitResult(state, session.history, summary, summary["compilations"], session.workdir)
+
+
+def _close(session: _Session | None) -> None:
+    if session is None:
+        return
+    if session.checkpoints is not None:
+        session.checkpoints.close()
+    if session.lock is not None:
+        session.lock.release()
 
 
 def fit(
     config: TrainConfig,
-    workdir: str | os.PathLike | None = None,
+    workdir: str | os.PathLike | workdirs.NewRun | None = None,
     *,
     model: Any = None,
     resume: bool = False,
+    overwrite: bool = False,
     train_data=None,
     test_data=None,
     log: Callable[[str], None] = print,
@@ -886,38 +915,61 @@ def fit(
 
     Args:
       config: the experiment.
-      workdir: where ``metrics.jsonl``, ``learning_curves.png`` and ``checkpoints/`` go; None
-        writes nothing (no checkpoints, no resume). With several processes only process 0
-        writes logs and files; orbax writes each replicated array once.
+      workdir: where ``metrics.jsonl``, ``learning_curves.png``, ``summary.json`` and
+        ``checkpoints/`` go; None writes nothing (no checkpoints, no resume);
+        ``jaxnotes.workdir.NewRun(base)`` a fresh ``base/TIMESTAMP``. Locked while the run uses
+        it. With several processes only process 0 writes logs and files; orbax writes each
+        replicated array once.
       model: any ``flax.linen.Module`` (called as ``model.apply(variables, x, train=bool,
         rngs={"dropout": key})``, returning logits or ``(logits, *aux_logits)``; collections
         such as ``batch_stats`` are trained, checkpointed and restored) or ``flax.nnx.Module``
         (see ``jaxnotes.modules``). None: the zoo's model named ``config.model``; with a module,
         ``config.model`` is only the run's label (default: the class name).
-      resume: continue from the latest checkpoint in ``workdir`` (parameters, model state,
-        optimizer state, step, key; the data order follows from (seed, epoch)).
-        FileNotFoundError if none; ValueError if its settings or parameter tree differ.
+      resume: continue from the newest intact checkpoint in ``workdir`` (parameters, model
+        state, optimizer state, step, key, the epoch's running sums and the guard's memory; the
+        data order follows from (seed, epoch)). FileNotFoundError if none; ValueError if its
+        settings or parameter tree differ.
+      overwrite: replace the run ``workdir`` holds; its files are deleted only when this run
+        first writes (after every check passed). Without it (or ``resume``) a folder holding a
+        run raises ``jaxnotes.workdir.WorkdirError``.
       train_data, test_data: ``jaxnotes.data.Dataset``s; loaded from ``config.dataset`` if None.
       log: where the one-line-per-epoch report goes.
 
     Raises:
       TypeError: ``model`` is not a Flax module.
-      ValueError: a setting, or the model against the data (input shape, logits), is wrong;
-        raised before anything is compiled or written.
+      ValueError: a setting, or the model against the data (input shape, logits, memory), is
+        wrong; raised before anything is compiled or written.
       TrainingDivergedError: the loss became NaN/inf or diverged; nothing after the last good
         checkpoint is saved.
+      TrainingInterrupted: SIGINT/SIGTERM between two steps (a checkpoint was saved if the
+        last one was older than the epoch's start).
+      CheckpointError: a checkpoint could not be written (disk full); earlier ones are intact.
     """
     start_time = time.perf_counter()
     run = _set_up(config, model, train_data, test_data, log)
-    session = _open(run, workdir, resume)
-    for epoch in range(session.step // run.steps_per_epoch, run.config.epochs):
-        train = _train_epoch(run, session, epoch)
-        _end_epoch(run, session, epoch, train, start_time)
-    return _outputs(run, session, start_time)
+    session = None
+    try:
+        session = _open(run, workdir, resume, overwrite)
+        with guard.catch_interrupts() as stop:
+            for epoch in range(session.step // run.steps_per_epoch, run.config.epochs):
+                train = _train_epoch(run, session, epoch, stop)
+                _end_epoch(run, session, epoch, train, start_time)
+                if stop.signum is not None:
+                    host = run.placement.host(session.metrics)
+                    _stop_on_interrupt(run, session, epoch + 1, host, stop)
+        return _outputs(run, session, start_time)
+    finally:
+        _close(session)
 
 
-def _meta(config: TrainConfig, epoch: int, history: list[dict]) -> dict:
-    return {"epoch": epoch, "history": history, "config": _config_json(config)}
+def _meta(run: _Run, epoch: int, history: list[dict], host_metrics: dict) -> dict:
+    metrics = {k: np.asarray(v).item() for k, v in host_metrics.items()}
+    return {
+        "epoch": epoch,
+        "history": history,
+        "config": _config_json(run.config),
+        "metrics": metrics,
+    }
 
 
 def _config_json(config: TrainConfig) -> dict:
@@ -926,7 +978,10 @@ def _config_json(config: TrainConfig) -> dict:
 
 def _check_resume_config(saved: dict, config: TrainConfig) -> None:
     current = _config_json(config)
-    changed = [f for f in TrainConfig.RESUME_FIELDS if saved.get(f) != current.get(f)]
+    fields = list(TrainConfig.RESUME_FIELDS)
+    if config.schedule == "cosine":  # the decay's length is the run's: it must not change
+        fields.append("epochs")
+    changed = [f for f in fields if saved.get(f) != current.get(f)]
     if changed:
         details = ", ".join(f"{f}: {saved.get(f)!r} -> {current.get(f)!r}" for f in changed)
         raise ValueError(
@@ -935,9 +990,13 @@ def _check_resume_config(saved: dict, config: TrainConfig) -> None:
         )
 
 
-def _write_history(workdir: Path, history: list[dict]) -> None:
-    # Rewritten whole (and atomically) each epoch: a resumed run's file never has duplicates.
-    path = workdir / "metrics.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+def _write_text(path: Path, text: str) -> None:
+    # Atomic: a crash mid-write leaves the previous file, never half of the new one.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json_lines(path: Path, rows: list[dict]) -> None:
+    # Rewritten whole each epoch: a resumed run's file never has duplicates.
+    _write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -281,16 +281,17 @@ def test_googlenet_train_step_computes_the_same_function(monkeypatch):
     keys), the case the kernel gradient's vmap rule exists for; their 5x5 / 3 average pool
     takes flax's path.
     """
-    from jaxnotes import optim, training
+    from jaxnotes import data, optim, training
 
     model = get_model("googlenet", aux_logits=True)
     tx = optim.make_optimizer("sgd", 0.1)
     images = jax.random.randint(jax.random.key(15), (3, 32, 32, 1), 0, 256).astype(jnp.uint8)
     batch = {"image": images, "label": jnp.arange(3, dtype=jnp.int32)}
+    preprocess = data.make_preprocess(None, "scale")  # uint8 -> [0, 1] floats, as fit does
 
     def one_step():
         state = training.create_train_state(model, tx, (32, 32, 1), seed=0)
-        step = training.jit_train_step(training.make_train_step(model, tx))
+        step = training.jit_train_step(training.make_train_step(model, tx, preprocess))
         state, metrics = step(state, batch, training.empty_metrics())
         return state.params, metrics["loss_sum"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from train import presets
@@ -68,10 +67,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0")
     parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    parser.add_argument(
+        "--coordinator-timeout",
+        type=int,
+        default=180,
+        help="multi-host: seconds to wait for all processes to join (default 180)",
+    )
     parser.add_argument("--workdir", help="default: runs/MODEL-DATASET/TIMESTAMP")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument(
-        "--overwrite", action="store_true", help="discard checkpoints already in --workdir"
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --workdir (its files go when this run first writes)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=50, help="steps between metric pulls")
@@ -115,8 +122,6 @@ def build_config(args: argparse.Namespace):
         if not 0.0 <= args.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
         model_kwargs["aux_dropout" if args.model == "googlenet" else "dropout"] = args.dropout
-    if args.devices < 1:
-        raise UsageError(f"--devices must be >= 1, got {args.devices}")
     config = TrainConfig(
         model=args.model,
         dataset=args.dataset,
@@ -137,10 +142,42 @@ def build_config(args: argparse.Namespace):
     try:
         config.validate()
     except ValueError as error:
-        raise UsageError(str(error)) from None
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+        raise UsageError(_as_flag(str(error))) from None
     return config
+
+
+def _as_flag(message: str) -> str:
+    """A TrainConfig rule's message in the runner's terms: ``batch_size`` -> ``--batch-size``."""
+    for field, flag in FIELD_FLAGS.items():
+        if message.startswith(field + " "):
+            return flag + message[len(field) :]
+    return message
+
+
+FIELD_FLAGS = {
+    "seed": "--seed",
+    "log_every": "--log-every",
+    "checkpoint_every_steps": "--checkpoint-every-steps",
+    "checkpoint_every": "--checkpoint-every",
+    "steps_per_dispatch": "--steps-per-dispatch",
+    "devices": "--devices",
+    "momentum": "--momentum",
+    "resize": "--resize",
+}
+
+
+def _check_launch_flags(args: argparse.Namespace) -> None:
+    """Flags read before JAX starts: the multi-host ones."""
+    if args.coordinator is not None:
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(
+                f"--coordinator must be HOST:PORT with a port in 1..65535, got {args.coordinator!r}"
+            )
+    if args.coordinator_timeout < 1:
+        raise UsageError(
+            f"--coordinator-timeout must be >= 1 second, got {args.coordinator_timeout}"
+        )
 
 
 def _check_dataset_name(name: str) -> None:
@@ -154,79 +191,93 @@ def _check_dataset_name(name: str) -> None:
     raise UsageError(f"unknown dataset {name!r}; expected digits, fashion_mnist, mnist or idx:DIR")
 
 
-def resolve_workdir(args: argparse.Namespace) -> Path:
-    """The run's folder; checks it is writable and that nothing in it would be lost."""
-    base = Path("runs") / f"{args.model}-{args.dataset.replace(':', '_').replace('/', '_')}"
+def resolve_workdir(args: argparse.Namespace):
+    """The run's folder, checked but not created (``fit`` creates it after its own checks).
+
+    Returns a Path, or a ``NewRun`` (a fresh ``runs/MODEL-DATASET/TIMESTAMP``, made with an
+    exclusive mkdir so two runs started in the same second cannot share it).
+    """
     import jax
 
+    from jaxnotes import workdir as workdirs
+
+    base = Path("runs") / f"{args.model}-{args.dataset.replace(':', '_').replace('/', '_')}"
     if jax.process_count() > 1 and not args.workdir:
         raise UsageError("with several processes, give every process the same --workdir")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues a run and --overwrite replaces it: choose one")
     if args.workdir:
         workdir = Path(args.workdir)
     elif args.resume:
-        runs = sorted(p for p in base.glob("*") if (p / "checkpoints").is_dir())
+        runs = sorted(p for p in base.glob("*") if workdirs.has_checkpoint(p))
         if not runs:
-            raise UsageError(f"--resume: no earlier run under {base}/ (give --workdir)")
+            raise UsageError(
+                f"--resume: no earlier run with a checkpoint under {base}/ (give --workdir)"
+            )
         workdir = runs[-1]
     else:
-        workdir = base / time.strftime("%Y%m%d-%H%M%S")
-    checkpoints = workdir / "checkpoints"
-    has_checkpoints = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
-    if args.resume and not has_checkpoints:
-        raise UsageError(f"--resume: no checkpoint in {checkpoints}")
-    if has_checkpoints and not args.resume:
-        if not args.overwrite:
-            raise UsageError(
-                f"{workdir} already holds checkpoints; pass --resume to continue that run, "
-                "--overwrite to discard them, or choose another --workdir"
-            )
-        import shutil
-
-        shutil.rmtree(checkpoints)
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f".write-test-{jax.process_index()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"--workdir {workdir} is not writable: {error.strerror}") from None
+        workdirs.check_writable(base)
+        return workdirs.NewRun(base, announce=_announce)
+    if args.resume and not workdirs.has_checkpoint(workdir):
+        raise UsageError(f"--resume: no checkpoint in {workdir / 'checkpoints'}")
+    workdirs.check_reusable(workdir, resume=args.resume, overwrite=args.overwrite)
+    workdirs.check_writable(workdir)
+    _announce(workdir)
     return workdir
+
+
+def _announce(workdir: Path) -> None:
+    import jax
+
+    if jax.process_index() == 0:
+        print(f"workdir {workdir}", file=sys.stderr)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"python -m train: {'error: ' if code == 2 else ''}{message}", file=sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        _check_launch_flags(args)
         # Before anything touches the JAX backend.
         from jaxnotes.parallel import maybe_initialize_distributed
 
-        maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    except ValueError as error:
-        print(f"python -m train: error: {error}", file=sys.stderr)
-        return 2
+        maybe_initialize_distributed(
+            args.coordinator, args.num_processes, args.process_id, timeout=args.coordinator_timeout
+        )
+    except (UsageError, ValueError) as error:
+        return _fail(str(error), 2)
+    from jaxnotes.workdir import WorkdirError
+
     try:
         config = build_config(args)
         workdir = resolve_workdir(args)
-    except UsageError as error:
-        print(f"python -m train: error: {error}", file=sys.stderr)
-        return 2
+    except (UsageError, WorkdirError) as error:
+        return _fail(str(error), 2)
 
     import jax
 
+    from jaxnotes.checkpoints import CheckpointError
     from jaxnotes.data import DatasetUnavailableError
-    from jaxnotes.training import TrainingDivergedError, fit
+    from jaxnotes.training import TrainingDivergedError, TrainingInterrupted, fit
 
-    if jax.process_index() == 0:
-        print(f"workdir {workdir}", file=sys.stderr)
     try:
-        result = fit(config, workdir, resume=args.resume)
-    except (ValueError, FileNotFoundError, DatasetUnavailableError) as error:
-        print(f"python -m train: error: {error}", file=sys.stderr)
-        return 2
-    except TrainingDivergedError as error:
-        print(f"python -m train: {error}", file=sys.stderr)
-        return 1
-    summary = {**result.summary, "workdir": str(workdir)}
+        result = fit(config, workdir, resume=args.resume, overwrite=args.overwrite)
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        DatasetUnavailableError,
+        WorkdirError,
+    ) as error:
+        return _fail(str(error), 2)
+    except (TrainingDivergedError, CheckpointError) as error:
+        return _fail(str(error), 1)
+    except TrainingInterrupted as error:
+        return _fail(str(error), 128 + error.signum)
     if jax.process_index() == 0:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(json.dumps(summary))
+        print(json.dumps(result.summary))
     return 0

@@ -55,6 +55,7 @@ class Dataset:
                 f"{self.name}: {self.images.shape[0]} images but labels of shape "
                 f"{self.labels.shape}"
             )
+        check_labels(self.labels, self.num_classes, self.name)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -69,15 +70,57 @@ class DatasetUnavailableError(RuntimeError):
     """A TFDS data set is not prepared here and cannot be prepared (no TensorFlow or no network)."""
 
 
+def check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
+    """Raise ValueError naming the first label that is not an integer in [0, num_classes)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
+        raise ValueError(f"{name}: num_classes must be an integer, got {num_classes!r}")
+    if len(labels) and num_classes < 1:
+        raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: labels must be integers, got dtype {labels.dtype}")
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise ValueError(
+            f"{name}: label {int(labels[index])} at index {index} is outside [0, {num_classes}); "
+            f"labels must be class indices 0..{num_classes - 1}"
+        )
+
+
+def _integer_labels(labels, name: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype == np.bool_ or not (
+        np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+    ):
+        raise ValueError(f"{name}: labels must be integers, got dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.floating):
+        fractional = ~np.isfinite(labels) | (labels != np.round(labels))
+        if fractional.any():
+            index = int(np.argmax(fractional))
+            raise ValueError(
+                f"{name}: labels must be integers; label {labels[index]} at index {index} is not"
+            )
+    return labels.astype(np.int64).astype(np.int32)
+
+
 def from_arrays(images, labels, num_classes: int | None = None, name: str = "arrays") -> Dataset:
-    """Wrap arrays as a ``Dataset``: images (n, H, W) or (n, H, W, C), labels (n,) integers."""
+    """Wrap arrays as a ``Dataset``: images (n, H, W) or (n, H, W, C), labels (n,) integers.
+
+    ``num_classes`` defaults to the largest label + 1. Raises ValueError naming the first label
+    that is not a whole number in [0, num_classes), and for images that are not numbers.
+    """
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
-    labels = np.asarray(labels).astype(np.int32)
+    if images.dtype == np.bool_ or not np.issubdtype(images.dtype, np.number):
+        raise ValueError(f"{name}: images must be numbers, got dtype {images.dtype}")
+    labels = _integer_labels(labels, name)
+    if len(labels) and labels.min() < 0:
+        index = int(np.argmin(labels))
+        raise ValueError(f"{name}: label {int(labels[index])} at index {index} is negative")
     if num_classes is None:
         num_classes = int(labels.max()) + 1 if labels.size else 0
-    return Dataset(images=images, labels=labels, num_classes=int(num_classes), name=name)
+    return Dataset(images=images, labels=labels, num_classes=num_classes, name=name)
 
 
 def load(
@@ -274,6 +317,14 @@ def load_idx_dir(directory: str | os.PathLike, split: str) -> Dataset:
     except FileNotFoundError:
         pass
     num_classes = max(int(x.max()) + 1 for x in all_labels if x.size) if labels.size else 0
+    if num_classes != 10:
+        import sys
+
+        print(
+            f"note: idx:{directory} has labels 0..{num_classes - 1} ({num_classes} classes; "
+            "MNIST and Fashion-MNIST have 10)",
+            file=sys.stderr,
+        )
     return Dataset(
         images=images[..., None],
         labels=labels.astype(np.int32),

@@ -14,6 +14,7 @@ the engine (``jaxnotes.losses``; re-exported here for older imports).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,15 @@ def get_model(name: str, num_classes: int = 10, **kw: Any) -> nn.Module:
     ``aux_logits=True`` (googlenet), ``activation="relu"`` (lenet), ``dtype=jnp.bfloat16``."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    for field, value in kw.items():
+        rates = value if isinstance(value, tuple | list) else [value]  # MLP: one per layer
+        valid = all(isinstance(r, numbers.Real) and 0.0 <= r < 1.0 for r in rates)
+        if "dropout" in field and not valid:
+            raise ValueError(f"{field} is a dropout rate and must be in [0, 1), got {value!r}")
     factory = MODELS[name]
     cls = factory.func if hasattr(factory, "func") else factory
     fields = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name")]

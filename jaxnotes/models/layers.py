@@ -262,6 +262,11 @@ def check_input(x: Any, *, model: str, min_size: int) -> None:
         }.get(len(shape), "")
         raise ValueError(f"{expects}; got shape {shape} of rank {len(shape)}{hint}")
     _, height, width, channels = shape
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"{expects}; got {x.dtype} images: convert them to floats first, e.g. "
+            "x.astype(jnp.float32) / 255.0 for uint8 pixels (training.fit does this on the device)"
+        )
     if height in (1, 3) and channels > 4:
         raise ValueError(
             f"{expects}; got shape {shape}, which looks channels-first (N, C, H, W): "

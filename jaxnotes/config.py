@@ -1,0 +1,154 @@
+"""One experiment's settings (``TrainConfig``) and the rules every value must meet.
+
+``validate`` checks every field's type and range before anything is loaded, compiled or written,
+and names the field and the range in its message (the runner turns it into exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine")
+NORMALIZATIONS = ("scale", "standardize", "imagenet")
+PARALLEL = ("sharded", "pmap")
+# JAX keys take 32 bits of the seed without x64: larger seeds would repeat smaller ones.
+MAX_SEED = 2**32 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One experiment. ``fit(TrainConfig(model="lenet", dataset="digits"))`` runs it.
+
+    ``model``: a zoo name; with ``fit(config, model=module)`` only the run's label (None: the
+    module's class name, or "lenet" when no module is given).
+    """
+
+    model: str | None = None
+    dataset: str = "digits"
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    learning_rate: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    decoupled: bool = True
+    schedule: str = "constant"  # or "cosine": cosine decay to 0 over the run
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    resize: int | None = None  # image side the model sees; None keeps the data's
+    normalization: str = "scale"
+    precision: str = "fp32"
+    seed: int = 0
+    log_every: int = 50  # steps between host pulls of the metrics (and progress updates)
+    checkpoint_every: int = 1  # epochs between checkpoints; 0 disables
+    checkpoint_every_steps: int = 0  # also checkpoint every N steps (0: only at epoch ends)
+    keep_checkpoints: int = 2  # newest checkpoints kept (>= 1)
+    divergence_factor: float = 1e3
+    aux_weight: float = 0.3
+    progress: bool = True
+    devices: int = 1  # data-parallel devices (jaxnotes.parallel); results do not depend on it
+    parallel: str = "sharded"  # with devices > 1: "sharded" (mesh + jit) or "pmap"
+    steps_per_dispatch: int = 1  # > 1: scan that many steps per jit call (one device only)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field whose value no run can use."""
+        for ok, message in _rules(self):
+            if not ok:
+                raise ValueError(message)
+
+    # Fields that change what a run computes: a resumed run must match them (``epochs`` too
+    # when the schedule depends on the run's length).
+    RESUME_FIELDS = (
+        "model",
+        "dataset",
+        "batch_size",
+        "learning_rate",
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "decoupled",
+        "schedule",
+        "model_kwargs",
+        "resize",
+        "normalization",
+        "precision",
+        "seed",
+        "aux_weight",
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_at_least(config: TrainConfig, name: str, low: int) -> tuple[bool, str]:
+    value = getattr(config, name)
+    return _is_int(value) and value >= low, f"{name} must be >= {low} (an integer), got {value!r}"
+
+
+def _choice(config: TrainConfig, name: str, choices: tuple[str, ...]) -> tuple[bool, str]:
+    value = getattr(config, name)
+    return value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}"
+
+
+def _rules(c: TrainConfig) -> list[tuple[bool, str]]:
+    """(passes, message) for every rule, in the order they are reported."""
+    lr, wd, momentum = c.learning_rate, c.weight_decay, c.momentum
+    return [
+        (c.model is None or isinstance(c.model, str), f"model must be a name, got {c.model!r}"),
+        (
+            isinstance(c.dataset, str) and c.dataset != "",
+            f"dataset must be a name, got {c.dataset!r}",
+        ),
+        _int_at_least(c, "epochs", 1),
+        _int_at_least(c, "batch_size", 1),
+        _int_at_least(c, "eval_batch_size", 1),
+        (_is_number(lr) and lr > 0, f"learning rate must be > 0 (a finite number), got {lr!r}"),
+        _choice(c, "optimizer", OPTIMIZERS),
+        (
+            _is_number(momentum) and 0 <= momentum < 1,
+            f"momentum must be in [0, 1), got {momentum!r}",
+        ),
+        (_is_number(wd) and wd >= 0, f"weight decay must be >= 0 (a finite number), got {wd!r}"),
+        (isinstance(c.decoupled, bool), f"decoupled must be True or False, got {c.decoupled!r}"),
+        _choice(c, "schedule", SCHEDULES),
+        (isinstance(c.model_kwargs, dict), f"model_kwargs must be a dict, got {c.model_kwargs!r}"),
+        (
+            c.resize is None or (_is_int(c.resize) and c.resize >= 1),
+            f"resize must be >= 1, got {c.resize!r}",
+        ),
+        _choice(c, "normalization", NORMALIZATIONS),
+        _choice(c, "precision", PRECISIONS),
+        (
+            _is_int(c.seed) and 0 <= c.seed <= MAX_SEED,
+            f"seed must be an integer in [0, 2**32), got {c.seed!r}",
+        ),
+        _int_at_least(c, "log_every", 1),
+        _int_at_least(c, "checkpoint_every", 0),
+        _int_at_least(c, "checkpoint_every_steps", 0),
+        _int_at_least(c, "keep_checkpoints", 1),
+        (
+            _is_number(c.divergence_factor) and c.divergence_factor > 1,
+            f"divergence_factor must be a finite number > 1, got {c.divergence_factor!r}",
+        ),
+        (
+            _is_number(c.aux_weight) and c.aux_weight >= 0,
+            f"aux_weight must be a finite number >= 0, got {c.aux_weight!r}",
+        ),
+        _int_at_least(c, "devices", 1),
+        _choice(c, "parallel", PARALLEL),
+        _int_at_least(c, "steps_per_dispatch", 1),
+        (
+            c.steps_per_dispatch == 1 or c.devices == 1,
+            "steps_per_dispatch > 1 runs on one device only",
+        ),
+    ]
