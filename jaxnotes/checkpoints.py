@@ -10,6 +10,7 @@ stops with a message naming the first differing path or setting, before orbax to
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -97,16 +98,57 @@ def _stderr_held():
             held.append(sink.read().decode(errors="replace"))
 
 
+class _OrbaxLogs:
+    """Orbax logs a failed read or write at length (absl) before raising it; we report it once.
+
+    Nested: quiet while any save is in flight or a risky read runs, as before otherwise.
+    """
+
+    def __init__(self):
+        self.depth, self.level = 0, None
+
+    def quiet(self) -> None:
+        logger = logging.getLogger("absl")
+        if self.depth == 0:
+            self.level = logger.level
+            logger.setLevel(logging.CRITICAL)
+        self.depth += 1
+
+    def restore(self) -> None:
+        self.depth = max(self.depth - 1, 0)
+        if self.depth == 0 and self.level is not None:
+            logging.getLogger("absl").setLevel(self.level)
+
+
+_ORBAX_LOGS = _OrbaxLogs()
+
+
+def _drop_closed_loop_noise() -> None:
+    """Silence one known orbax/TensorStore artefact: after a write fails in the background,
+    its threads' callbacks hit the already closed asyncio loop and each prints an "Event loop
+    is closed" traceback through ``sys.unraisablehook``. Everything else reaches the previous
+    hook unchanged."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxnotes", False):
+        return
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._jaxnotes = True
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _quiet_orbax():
-    """Orbax logs a damaged checkpoint's error at length before raising it; we report it once."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    _ORBAX_LOGS.quiet()
     try:
         yield
     finally:
-        logger.setLevel(level)
+        _ORBAX_LOGS.restore()
 
 
 class Checkpoints:
@@ -126,6 +168,8 @@ class Checkpoints:
         self.keep = keep
         self.note = note
         self.last_saved: int | None = None
+        self._pending: tuple[int, int | None] | None = None  # (step, intact before it)
+        _drop_closed_loop_noise()
         self._open()
 
     def _open(self) -> None:
@@ -141,8 +185,15 @@ class Checkpoints:
     def path(self, step: int) -> str:
         return str(self.directory / str(step))
 
-    def save(self, state: Any, meta: dict) -> str:
-        """Write checkpoint ``state.step`` and wait until it is complete; return its folder."""
+    def save(self, state: Any, meta: dict, *, wait: bool = False) -> str:
+        """Start writing checkpoint ``state.step``; returns its folder.
+
+        Orbax writes in the background while training goes on; the previous save is completed
+        (and its errors raised) first, and :meth:`wait` completes this one: call it before
+        reporting the checkpoint as intact. Pass host arrays (``jax.device_get``) when the
+        device buffers will be donated while the write is in flight. ``wait=True`` blocks.
+        """
+        self.wait()
         ocp = self._ocp
         step = int(state.step)
         meta = {**meta, "tree": tree_signature(state)}
@@ -157,20 +208,43 @@ class Checkpoints:
                     ),
                     force=True,
                 )
-                # Wait: a later crash must not take the checkpoint we report as the last good one.
-                self.manager.wait_until_finished()
             except Exception as error:  # noqa: BLE001 -- one line instead of orbax's traces
                 failure = error
                 self._discard_partial(step)  # still held: closing flushes the threads' traces
-        if failure is None:
-            sys.stderr.write("".join(held))
-            self.last_saved = step
-            return self.path(step)
+        if failure is not None:
+            raise self._failed(step, intact, failure)
+        sys.stderr.write("".join(held))
+        self._pending = (step, intact)
+        _ORBAX_LOGS.quiet()  # the background write reports through our wait(), in one line
+        if wait:
+            self.wait()
+        return self.path(step)
+
+    def wait(self) -> None:
+        """Complete the save in flight; CheckpointError (one line) if it could not be written."""
+        if self._pending is None:
+            return
+        step, intact = self._pending
+        self._pending = None
+        failure = None
+        with _stderr_held() as held:
+            try:
+                self.manager.wait_until_finished()
+            except Exception as error:  # noqa: BLE001 -- one line instead of orbax's traces
+                failure = error
+                self._discard_partial(step)
+        _ORBAX_LOGS.restore()
+        if failure is not None:
+            raise self._failed(step, intact, failure)
+        sys.stderr.write("".join(held))
+        self.last_saved = step
+
+    def _failed(self, step: int, intact: int | None, failure: BaseException) -> CheckpointError:
         # The failed write's orphaned futures would each log "exception was never retrieved"
-        # when collected at exit; the one-line error below already says what happened.
+        # when collected at exit; the one-line error already says what happened.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         kept = self.path(intact) if intact is not None else "none was written yet"
-        raise CheckpointError(
+        return CheckpointError(
             f"could not write checkpoint {self.path(step)} ({_os_reason(failure)}); the last "
             f"intact checkpoint is {kept}"
         )
@@ -180,7 +254,7 @@ class Checkpoints:
         for leftover in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
             shutil.rmtree(leftover, ignore_errors=True)
         try:
-            self.close()
+            self.manager.close()
         except Exception:  # noqa: BLE001 -- the manager may be broken by the failed write
             pass
         self._open()
@@ -218,13 +292,21 @@ class Checkpoints:
                 raise FileNotFoundError(f"no intact checkpoint left in {self.directory}")
             at, meta = found
             self._check_tree(at, meta, abstract_state)
-            try:
-                with _quiet_orbax():
-                    return self._restore_arrays(at, abstract_state), meta
-            except Exception as error:  # noqa: BLE001 -- truncated or unreadable arrays
-                if step is not None:
-                    raise
-                self._set_aside(at, error)
+            failure = None
+            with _stderr_held() as held, _quiet_orbax():
+                try:
+                    state = self._restore_arrays(at, abstract_state)
+                except Exception as error:  # noqa: BLE001 -- truncated or unreadable arrays
+                    failure = error
+                    # The failed read's other coroutines report "Exception ignored in ..." when
+                    # collected: collect them while stderr is held, and drop what they print.
+                    gc.collect()
+            if failure is None:
+                sys.stderr.write("".join(held))
+                return state, meta
+            if step is not None:
+                raise failure
+            self._set_aside(at, failure)
 
     def _check_tree(self, step: int, meta: dict, abstract_state: Any) -> None:
         if "tree" not in meta:
@@ -261,8 +343,12 @@ class Checkpoints:
             else type(error).__name__
         )
         self.note(f"checkpoint {self.path(step)} is damaged ({reason}); moved to {damaged}")
-        self.close()
+        self.manager.close()
         self._open()
 
     def close(self) -> None:
-        self.manager.close()
+        """Complete the save in flight (CheckpointError if it failed), then release orbax."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()

@@ -44,10 +44,7 @@ class Model:
     """A module wrapped for the engine (see the module docstring for the two functions).
 
     kind: "linen" or "nnx". label: the class name, the run's default ``model`` label.
-    keys_per_example: ``(x) -> bool`` for an input ``ShapeDtypeStruct``: whether the engine should
-      vmap ``apply`` over single examples to give each its own dropout key (see
-      ``training.make_train_step``). True only for stateless linen modules that use dropout:
-      BatchNorm needs the whole batch, and NNX dropout draws from one stream per call.
+    Shape facts (see :func:`trace_shapes`) are traced once per input shape and kept.
     """
 
     module: Any
@@ -55,7 +52,20 @@ class Model:
     label: str
     init: Callable[[jax.Array, jax.Array], tuple[Any, Any]]
     apply: Callable[..., tuple[Any, Any]]
-    keys_per_example: Callable[[jax.ShapeDtypeStruct], bool]
+    inspections: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def keys_per_example(self, x: jax.ShapeDtypeStruct) -> bool:
+        """Whether the engine should vmap ``apply`` over single examples of ``x`` to give each
+        its own dropout key (see ``training.make_train_step``). True only for stateless linen
+        modules that use dropout: BatchNorm needs the whole batch, and NNX dropout draws from
+        one stream per call."""
+        if self.kind != "linen":
+            return False
+        try:
+            found = trace_shapes(self, tuple(x.shape[1:]), x.dtype)
+        except Exception:  # noqa: BLE001 -- shape errors are reported by check_outputs
+            return False
+        return found.needs_dropout_key and not jax.tree.leaves(found.state)
 
 
 def as_model(module: Any) -> Model:
@@ -111,21 +121,7 @@ def _linen(module) -> Model:
             return outputs, {**model_state, **updated}
         return module.apply(variables, x, train=train, rngs=rngs), model_state
 
-    def keys_per_example(x: jax.ShapeDtypeStruct) -> bool:
-        from flax.errors import InvalidRngError
-
-        try:
-            params, state = jax.eval_shape(init, jax.random.key(0), x)
-            if jax.tree.leaves(state):
-                return False
-            jax.eval_shape(lambda p, v: apply(p, {}, v, True), params, x)
-        except InvalidRngError:
-            return True
-        except Exception:  # noqa: BLE001 -- shape errors are reported by check_outputs
-            return False
-        return False
-
-    return Model(module, "linen", type(module).__name__, init, apply, keys_per_example)
+    return Model(module, "linen", type(module).__name__, init, apply)
 
 
 # --- NNX -----------------------------------------------------------------------------------------
@@ -162,7 +158,7 @@ def _nnx_model(module, nnx) -> Model:
         _, _, _, updated = nnx.split(live, nnx.Param, nnx.RngState, ...)
         return outputs, nnx.to_pure_dict(updated)
 
-    return Model(module, "nnx", type(module).__name__, init, apply, lambda x: False)
+    return Model(module, "nnx", type(module).__name__, init, apply)
 
 
 def _set_mode(module, train: bool) -> None:
@@ -172,6 +168,11 @@ def _set_mode(module, train: bool) -> None:
     module.set_attributes(
         deterministic=not train, use_running_average=not train, raise_if_not_found=False
     )
+
+
+def _abstract_key() -> jax.ShapeDtypeStruct:
+    """A PRNG key's shape and dtype: shape checks need no real key (making one compiles)."""
+    return jax.eval_shape(lambda: jax.random.key(0))
 
 
 def _abstract(state):
@@ -191,6 +192,61 @@ def _copy(tree):
 # --- checks before the first step ---------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Inspection:
+    """What tracing a module on a batch of 2 tells (shapes only, no compute).
+
+    params, state: ShapeDtypeStruct trees of the parameters and the other collections.
+    outputs: {"eval": ..., "train": ...} the outputs' ShapeDtypeStructs in each mode.
+    needs_dropout_key: training mode asks for a "dropout" key (linen's InvalidRngError).
+    largest_activation: bytes of the largest intermediate array of the forward pass, per example.
+    """
+
+    params: Any
+    state: Any
+    outputs: dict
+    needs_dropout_key: bool
+    largest_activation: int
+
+
+def trace_shapes(
+    model: Model, input_shape: tuple[int, ...], dtype: Any = jnp.float32
+) -> Inspection:
+    """Trace ``model`` once per mode on ``(2, *input_shape)``; kept per shape on the Model.
+
+    Raises whatever the module raises for that shape (its own message).
+    """
+    memo_key = (tuple(input_shape), jnp.dtype(dtype).name)
+    if memo_key in model.inspections:
+        return model.inspections[memo_key]
+    x = jax.ShapeDtypeStruct((2, *input_shape), dtype)
+    key = _abstract_key()
+    params, state = jax.eval_shape(model.init, key, x)
+    eval_jaxpr, (eval_out, _) = jax.make_jaxpr(
+        lambda p, s, v: model.apply(p, s, v, False), return_shape=True
+    )(params, state, x)
+    needs_key = False
+    if model.kind == "linen":
+        from flax.errors import InvalidRngError
+
+        try:
+            train_out = jax.eval_shape(
+                lambda p, s, v: model.apply(p, s, v, True)[0], params, state, x
+            )
+        except InvalidRngError:
+            needs_key = True
+    if model.kind != "linen" or needs_key:
+        train_out = jax.eval_shape(
+            lambda p, s, v, k: model.apply(p, s, v, True, k)[0], params, state, x, key
+        )
+    largest = max((_bytes(v.aval) for e in eval_jaxpr.eqns for v in e.outvars), default=0)
+    found = Inspection(
+        params, state, {"eval": eval_out, "train": train_out}, needs_key, largest // 2
+    )
+    model.inspections[memo_key] = found
+    return found
+
+
 def check_outputs(model: Model, input_shape: tuple[int, ...], num_classes: int) -> int:
     """Trace the model on ``(2, *input_shape)`` (shapes only, no compute); return its logit width.
 
@@ -198,29 +254,17 @@ def check_outputs(model: Model, input_shape: tuple[int, ...], num_classes: int) 
     input (with the module's own message), returns something that is not logits of shape
     (batch, classes) or a tuple of such, or has fewer outputs than the data has classes.
     """
-    x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
-    key = jax.random.key(0)
     try:
-        params, state = jax.eval_shape(model.init, key, x)
-        outputs = {
-            mode: jax.eval_shape(
-                lambda p, s, v, k, train=(mode == "train"): model.apply(p, s, v, train, k),
-                params,
-                state,
-                x,
-                key,
-            )[0]
-            for mode in ("eval", "train")
-        }
+        found = trace_shapes(model, input_shape)
     except Exception as error:  # the module's own message, raised before the first step
         raise ValueError(
             f"{model.label} cannot take inputs of shape (batch, {', '.join(map(str, input_shape))})"
             f": {type(error).__name__}: {error}"
         ) from error
-    if not jax.tree.leaves(params):
+    if not jax.tree.leaves(found.params):
         raise ValueError(f"{model.label} has no parameters (no 'params' collection) to train")
     width = None
-    for mode, out in outputs.items():
+    for mode, out in found.outputs.items():
         parts = list(out) if isinstance(out, tuple | list) else [out]
         for part in parts:
             ok = (
@@ -258,12 +302,12 @@ def memory_floor(model: Model, input_shape: tuple[int, ...], batch_size: int) ->
     pass for the whole batch. The real need is larger (every stored activation, the optimizer's
     slots), so a run refused by this bound could never have fitted.
     """
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    params, state = jax.eval_shape(model.init, jax.random.key(0), x)
-    jaxpr = jax.make_jaxpr(lambda p, s, v: model.apply(p, s, v, False))(params, state, x)
-    largest = max((_bytes(v.aval) for e in jaxpr.eqns for v in e.outvars), default=0)
-    param_bytes = sum(_bytes(leaf) for leaf in jax.tree.leaves(params))
-    return {"params_and_grads": 2 * param_bytes, "largest_activation": batch_size * largest}
+    found = trace_shapes(model, input_shape)
+    param_bytes = sum(_bytes(leaf) for leaf in jax.tree.leaves(found.params))
+    return {
+        "params_and_grads": 2 * param_bytes,
+        "largest_activation": batch_size * found.largest_activation,
+    }
 
 
 def device_memory() -> tuple[int | None, str]:

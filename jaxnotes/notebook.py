@@ -26,6 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from jaxnotes import compile_cache
+
+# The notebooks reuse compiled programs across kernel restarts and chapters (see compile_cache).
+compile_cache.enable()
+
 ENV_VAR = "JAXNOTES_SIZE"
 SIZES = ("book", "small")
 DEFAULT_SIZE = "book"

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot, with the Agg backend where there is no display (imported on demand)."""
     import matplotlib
 
     if not os.environ.get("DISPLAY") and "inline" not in matplotlib.get_backend().lower():
@@ -33,7 +34,7 @@ def _save(fig, path: str | os.PathLike | None):
 
 def close(fig) -> None:
     """Release a figure that was only saved (pyplot keeps every open figure alive)."""
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def learning_curves(
@@ -47,7 +48,7 @@ def learning_curves(
     ``history``: one mapping per epoch with "epoch" and the ``keys``. Saved to ``path`` if given;
     returns the figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     epochs = [h["epoch"] for h in history]
     for key, style in zip(keys, ("-", "m--", "g-.", "r:"), strict=False):
@@ -72,7 +73,7 @@ def curves(
     title: str | None = None,
 ):
     """Several named curves on one axis (e.g. polynomial fits' train/test losses)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for name, values in series.items():
         ax.plot(np.arange(1, len(values) + 1), values, label=name)
@@ -96,7 +97,7 @@ def images(
     cmap: str = "gray",
 ):
     """A grid of 2-D arrays (kernels, feature maps, pooling outputs), each with its own scale."""
-    plt = _pyplot()
+    plt = pyplot()
     arrays = [np.asarray(a) for a in arrays]
     ncols = max(1, min(ncols, len(arrays)))
     nrows = -(-len(arrays) // ncols)
@@ -119,7 +120,7 @@ def scatter_scores(
     log_params: Sequence[str] = (),
 ):
     """Score against each hyper-parameter of a random search, one panel per parameter."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 2.8), squeeze=False)
     scores = [row[score] for row in table]
     for ax, name in zip(axes[0], params, strict=True):
@@ -142,7 +143,7 @@ def loss_panels(
 ):
     """One panel per entry of ``panels`` (its title), each with its named curves against the
     epoch (1, 2, ...): e.g. the polynomial fits' train / test losses side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels.items(), strict=True):
         for name, values in series.items():
@@ -170,7 +171,7 @@ def sweep_panels(
 
     ``symlog_x`` gives a log axis that still shows x = 0 (e.g. weight decay lambda = 0).
     """
-    plt = _pyplot()
+    plt = pyplot()
     x = np.asarray(x, np.float64)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
     for ax, (ylabel, series) in zip(axes[0], panels.items(), strict=True):

@@ -13,3 +13,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 collect_ignore = [] if os.environ.get("JAXNOTES_MULTIDEVICE") else ["multidevice"]
+
+# The persistent compilation cache, shared by this process and every subprocess the tests start
+# (the runner, notebooks, fake-device suites), so the same step is compiled once per CI run.
+# JAXNOTES_COMPILE_CACHE=0 turns it off (to measure what it saves).
+os.environ.setdefault(
+    "JAXNOTES_CACHE_DIR", str(Path(__file__).parent.parent / ".pytest_cache" / "jaxnotes-xla")
+)
+from jaxnotes import compile_cache  # noqa: E402
+
+compile_cache.enable()

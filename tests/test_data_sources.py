@@ -34,6 +34,30 @@ def test_digits_sizes_values_and_stratification():
     np.testing.assert_array_equal(np.bincount(train.labels, minlength=10) + test_counts, overall)
 
 
+def test_digits_equal_scikit_learns_loader_and_split_without_importing_it():
+    # The fast path reads the packaged table and the stored split; the reference is
+    # scikit-learn's own load_digits and train_test_split, run in a fresh interpreter so the
+    # "no scikit-learn import" claim is checked too.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np; from jaxnotes.data import load\n"
+        "tr, te = load('digits', 'train'), load('digits', 'test')\n"
+        "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'\n"
+        "from sklearn.datasets import load_digits\n"
+        "from sklearn.model_selection import train_test_split\n"
+        "b = load_digits(); idx = np.arange(len(b.target))\n"
+        "a, t = train_test_split(idx, test_size=0.3, stratify=b.target, random_state=0)\n"
+        "for ds, ids in ((tr, np.sort(a)), (te, np.sort(t))):\n"
+        "    np.testing.assert_array_equal(ds.images[..., 0], b.images[ids] / 16.0)\n"
+        "    np.testing.assert_array_equal(ds.labels, b.target[ids])\n"
+        "print('same')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "same", done.stderr[-2000:]
+
+
 def test_digits_split_is_fixed():
     a, b = load("digits", "test"), load("digits", "test")
     np.testing.assert_array_equal(a.images, b.images)

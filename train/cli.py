@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=1, help="epochs (0: never)")
     parser.add_argument("--checkpoint-every-steps", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not use JAX's persistent compilation cache ($JAXNOTES_CACHE_DIR or "
+        "~/.cache/jaxnotes/xla; JAXNOTES_COMPILE_CACHE=0 does the same)",
+    )
     return parser.parse_args(argv)
 
 
@@ -257,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         workdir = resolve_workdir(args)
     except (UsageError, WorkdirError) as error:
         return _fail(str(error), 2)
+    if not args.no_compile_cache:
+        from jaxnotes import compile_cache
+
+        compile_cache.enable()
 
     import jax
 
