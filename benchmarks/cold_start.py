@@ -23,26 +23,16 @@ The OS file cache is not dropped (that needs root): "cold" is JAX's cache, not t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import run_process
 
 HERE = Path(__file__).parent
 COLUMNS = ("import", "data", "build", "init", "compile", "train", "evaluate", "save/plot")
-
-
-def run(command: list[str], cwd: Path, env: dict) -> tuple[float, dict]:
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return wall, json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def jaxnotes_split(wall: float, summary: dict) -> dict:
@@ -63,7 +53,7 @@ def jaxnotes_split(wall: float, summary: dict) -> dict:
         "import": wall - summary["wall_s"],
         "data": phases.get("data", 0.0),
         "build": phases.get("build", 0.0),
-        "init": phases.get("init", 0.0) - compiled("init"),
+        "init": phases.get("init", 0.0) - compiled("init", "initial_state"),
         "compile": summary["profile"]["compiles"]["seconds"],
         "train": phases.get("train", 0.0) - compiled("train_step", "multi_step"),
         "evaluate": phases.get("evaluate", 0.0) - compiled("eval_step"),
@@ -128,9 +118,11 @@ def main() -> None:
         for r in range(args.rounds):
             cache = {**env, "JAXNOTES_CACHE_DIR": str(tmp / f"xla-{r}")}
             for label in ("jaxnotes cold", "jaxnotes warm"):
-                wall, summary = run([*runner, "--workdir", f"run-{r}-{label[-4:]}"], tmp, cache)
+                wall, summary = run_process(
+                    [*runner, "--workdir", f"run-{r}-{label[-4:]}"], tmp, cache
+                )
                 results[label].append(jaxnotes_split(wall, summary))
-            wall, result = run(torch_job, HERE, env)
+            wall, result = run_process(torch_job, HERE, env)
             results["PyTorch"].append(torch_split(wall, result))
             print(
                 f"round {r + 1}: "
@@ -147,7 +139,7 @@ def main() -> None:
             line = []
             for label in ("cold", "warm"):
                 command = [*runner, "--model", "googlenet", "--workdir", f"g-{r}-{label}"]
-                wall, summary = run(command, tmp, cache)
+                wall, summary = run_process(command, tmp, cache)
                 line.append(f"{label} {wall:.1f} s (test acc {summary['test_acc']:.4f})")
             print(f"googlenet on digits, round {r + 1}: " + ", ".join(line))
 

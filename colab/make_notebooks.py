@@ -123,7 +123,7 @@ MODEL_SELECTION = [
         import matplotlib.pyplot as plt
         import numpy as np
 
-        from jaxnotes import data, selection, shapes
+        from jaxnotes import data, selection, shapes, training
 
         settings = nbk.settings("model_selection")
         print(settings)
@@ -204,14 +204,23 @@ MODEL_SELECTION = [
         ## K-fold cross-validation, then one final test
 
         `selection.holdout_kfold` runs the protocol: K-fold on the development set (the K MLPs
-        train together, one vmapped program), then one model trained on all of it and tested
-        once on the held-out 30%; the K fold models averaged are reported too.
+        train together as one population, one vmapped program), then one model trained on all
+        of it and tested once on the held-out 30%; the K fold models averaged are reported too.
         """
     ),
     code(
         """
-        spec = selection.TrainSpec(hidden=(64,), epochs=settings["cv_epochs"])
-        protocol = selection.holdout_kfold(X, y, k=k, spec=spec, seed=0)
+        all_digits = data.from_arrays(images, y, num_classes=10, name="digits")
+        config = training.TrainConfig(
+            model="mlp",
+            epochs=settings["cv_epochs"],
+            batch_size=32,
+            learning_rate=0.1,
+            momentum=0.9,
+            model_kwargs={"hidden": (64,), "dropout": 0.0},
+            progress=False,
+        )
+        protocol = selection.holdout_kfold("mlp", all_digits, k=k, config=config, seed=0)
         cv = protocol.cv
         print("validation accuracy per fold:", [round(float(a), 4) for a in cv.metrics["val_acc"]])
         print(f"K-fold estimate: {cv.mean['val_acc']:.4f} +- {cv.std['val_acc']:.4f}")
@@ -228,13 +237,21 @@ MODEL_SELECTION = [
 
         Learning rate and weight decay log-uniform, dropout uniform, width from a list; each
         trial trains an MLP on 70% of digits' training split and is scored on the other 30%.
+        The trials of one width are one population: one compiled program for all of them.
         """
     ),
     code(
         """
         space = {**selection.DEFAULT_SPACE, "width": list(settings["search_widths"])}
+        search_config = training.TrainConfig(
+            model="mlp",
+            epochs=settings["search_epochs"],
+            batch_size=64,
+            momentum=0.9,
+            progress=False,
+        )
         rows = selection.random_search(
-            settings["search_trials"], space, seed=0, epochs=settings["search_epochs"]
+            "mlp", digits_train, space, settings["search_trials"], config=search_config, seed=0
         )
         print(f"{len(rows)} trials; best five:")
         for row in rows[:5]:

@@ -185,8 +185,8 @@ class Checkpoints:
     def path(self, step: int) -> str:
         return str(self.directory / str(step))
 
-    def save(self, state: Any, meta: dict, *, wait: bool = False) -> str:
-        """Start writing checkpoint ``state.step``; returns its folder.
+    def save(self, state: Any, meta: dict, *, step: int | None = None, wait: bool = False) -> str:
+        """Start writing checkpoint ``step`` (default ``state.step``); returns its folder.
 
         Orbax writes in the background while training goes on; the previous save is completed
         (and its errors raised) first, and :meth:`wait` completes this one: call it before
@@ -195,7 +195,7 @@ class Checkpoints:
         """
         self.wait()
         ocp = self._ocp
-        step = int(state.step)
+        step = int(state.step) if step is None else int(step)
         meta = {**meta, "tree": tree_signature(state)}
         intact = self.latest_step()
         failure = None

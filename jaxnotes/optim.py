@@ -72,15 +72,40 @@ def make_optimizer(
     if not (_finite(weight_decay) and weight_decay >= 0.0):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
 
+    return chain(
+        name,
+        learning_rate,
+        momentum,
+        weight_decay,
+        decoupled,
+        with_momentum=momentum > 0,
+        with_decay=weight_decay > 0,
+    )
+
+
+def chain(
+    name: str,
+    learning_rate: Any,
+    momentum: Any,
+    weight_decay: Any,
+    decoupled: bool = True,
+    *,
+    with_momentum: bool = True,
+    with_decay: bool = True,
+) -> optax.GradientTransformation:
+    """The optax chain behind :func:`make_optimizer`, unchecked: the rates may be traced arrays.
+
+    A population (``jaxnotes.population``) builds it inside its traced step with each member's
+    rates; which transforms exist must not depend on the values, so ``with_momentum`` and
+    ``with_decay`` say it (momentum 0 and decay 0 then compute exactly what leaving them out
+    does: ``g + 0 * v`` and ``u + 0 * w``). ``learning_rate`` may also be a schedule.
+    """
     if name == "adam":
         transform = optax.scale_by_adam()
-    elif momentum > 0:
+    elif with_momentum:
         transform = optax.trace(decay=momentum)
     else:
         transform = optax.identity()
-    decay = [optax.add_decayed_weights(weight_decay, mask=decay_mask)] if weight_decay > 0 else []
-    if decoupled:
-        chain = [transform, *decay]
-    else:
-        chain = [*decay, transform]
-    return optax.chain(*chain, optax.scale_by_learning_rate(learning_rate))
+    decay = [optax.add_decayed_weights(weight_decay, mask=decay_mask)] if with_decay else []
+    steps = [transform, *decay] if decoupled else [*decay, transform]
+    return optax.chain(*steps, optax.scale_by_learning_rate(learning_rate))

@@ -1,23 +1,15 @@
 """Model selection (chapter 1): under/over-fitting, K-fold cross-validation, random search.
 
-Every experiment here is a pure function of its arguments and an integer seed, and each whole
-training run (all epochs, all steps) is one jitted program (``lax.scan`` over epochs and steps),
-so K folds or a group of search trials become ONE compiled program with ``jax.vmap``:
+K-fold cross-validation and random search train any model (a zoo name or a user's module) as
+one population (``jaxnotes.population``): the k folds, or the search's trials, are members of
+ONE vmapped program through the engine's own train step, each member exactly the ``fit`` it
+would be alone (same seed, same examples in the same order, its own rates). The fold ensemble
+predicts with every fold's own parameters.
 
-- ``k_fold_cv`` trains the k folds at once. Folds may differ in size by one, so every fold's
-  training indices are padded to a common length and the padding carries weight 0: it adds
-  nothing to a loss or a gradient, and a batch holding only padding is skipped (no optimizer
-  step), so each fold trains exactly as it would alone (``train_on_indices``).
-- ``random_search`` samples learning rate and weight decay log-uniformly, dropout uniformly and a
-  width from a list; trials of the same width share shapes and are trained together, their
-  hyper-parameters passed as traced arrays (the optimizer is built inside the traced function).
-
-Keys: a run's key is split by purpose with ``fold_in`` (0: initialisation, 1: data order,
-2: dropout; a search shares the data order and dropout draws between its trials) and per epoch
-and step with ``fold_in`` again, so the same seed gives the same result whether runs are vmapped
-or looped. The data order of an epoch is a sort of per-example random
-scores that depend on the example's index in the data set only, so an example's place among the
-real examples is the same with or without padding.
+What stays here is what is specific to the chapter: the polynomial demo of under- and
+over-fitting, the class-imbalance and standardization demos, and the small linear models they
+train with ``train_loop`` (minibatch SGD on feature rows as one ``lax.scan``, with example weights
+so several runs of unequal size share one vmapped program).
 """
 
 from __future__ import annotations
@@ -27,17 +19,19 @@ import functools
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxnotes import data as jdata
-from jaxnotes import optim
-from jaxnotes.models import get_model
+from jaxnotes import workdir as workdirs
+from jaxnotes.config import TrainConfig
+from jaxnotes.population import Member, PopulationResult, fit_population
+from jaxnotes.training import fit
 
 # --- the shared training loop --------------------------------------------------------------------
 
@@ -347,149 +341,7 @@ def plot_polynomial_fits(fits: Mapping[str, PolynomialFit], path=None):
     )
 
 
-# --- K-fold cross-validation ---------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-    """How one model is trained: a zoo MLP and a ``make_optimizer`` optimizer (hashable, static).
-
-    The defaults: one hidden layer of 64, no dropout, SGD with momentum 0.9, lr 0.1, batch 32,
-    20 epochs.
-    """
-
-    hidden: tuple[int, ...] = (64,)
-    dropout: float = 0.0
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    epochs: int = 20
-    batch_size: int = 32
-
-    def __post_init__(self):
-        # lists would make the spec unhashable, and it is a static argument of jitted programs
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if not isinstance(self.dropout, int | float):
-            object.__setattr__(self, "dropout", tuple(float(r) for r in self.dropout))
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
-            )
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-
-    def model(self, num_classes: int) -> nn.Module:
-        return get_model("mlp", num_classes, hidden=tuple(self.hidden), dropout=self.dropout)
-
-    def tx(self) -> optax.GradientTransformation:
-        return optim.make_optimizer(
-            self.optimizer, self.learning_rate, self.momentum, self.weight_decay
-        )
-
-
-def _fit_spec(X, y, train_idx, train_w, val_idx, val_w, key, *, spec, num_classes, history):
-    """Train ``spec``'s model on weighted indices; see ``train_loop`` for shapes and outputs."""
-    model = spec.model(num_classes)
-    params = model.init(jax.random.fold_in(key, 0), X[:1], train=False)["params"]
-
-    def logits_fn(params, x, dropout_key):
-        if dropout_key is None:
-            return model.apply({"params": params}, x, train=False)
-        return model.apply({"params": params}, x, train=True, rngs={"dropout": dropout_key})
-
-    loss_fn, eval_fn = classifier_fns(logits_fn)
-    return train_loop(
-        params,
-        spec.tx(),
-        loss_fn,
-        eval_fn,
-        X,
-        y,
-        train_idx,
-        train_w,
-        val_idx,
-        val_w,
-        jax.random.fold_in(key, 1),
-        jax.random.fold_in(key, 2),
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        history=history,
-    )
-
-
-_STATIC = ("spec", "num_classes", "history")
-_fit_one = jax.jit(_fit_spec, static_argnames=_STATIC)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _fit_folds(X, y, train_idx, train_w, val_idx, val_w, keys, *, spec, num_classes, history):
-    """k trainings as one program: every argument but X and y has a leading fold axis."""
-    fit = functools.partial(_fit_spec, spec=spec, num_classes=num_classes, history=history)
-    return jax.vmap(fit, in_axes=(None, None, 0, 0, 0, 0, 0))(
-        X, y, train_idx, train_w, val_idx, val_w, keys
-    )
-
-
-def fold_key(seed: int, fold: int) -> jax.Array:
-    """The key fold ``fold`` of ``k_fold_cv(..., seed=seed)`` trains with."""
-    return jax.random.fold_in(jax.random.key(seed), fold)
-
-
-@dataclasses.dataclass(frozen=True)
-class FitResult:
-    """One trained model: params, final metrics (train/val loss and acc), per-epoch history."""
-
-    params: Any
-    metrics: dict[str, float]
-    history: dict[str, np.ndarray]
-
-
-def _check_arrays(X, y) -> tuple[jax.Array, jax.Array, int]:
-    X, y = np.asarray(X, np.float32), np.asarray(y)
-    if X.ndim < 2 or y.shape != (X.shape[0],):
-        raise ValueError(f"X must be (n, ...) and y (n,), got shapes {X.shape} and {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
-    return jnp.asarray(X), jnp.asarray(y, jnp.int32), int(y.max()) + 1 if y.size else 0
-
-
-def train_on_indices(
-    X,
-    y,
-    train_idx,
-    val_idx,
-    *,
-    key: jax.Array,
-    spec: TrainSpec = TrainSpec(),
-    num_classes: int | None = None,
-    history: str = "val",
-) -> FitResult:
-    """Train one model on ``X[train_idx]`` and evaluate on ``X[val_idx]``, no padding.
-
-    X: (n, ...) float inputs (images NHWC or feature rows); y: (n,) integer labels.
-    """
-    X, y, found = _check_arrays(X, y)
-    train_idx, val_idx = np.asarray(train_idx), np.asarray(val_idx)
-    if train_idx.size == 0 or val_idx.size == 0:
-        raise ValueError("train_idx and val_idx must be non-empty")
-    params, final, hist = _fit_one(
-        X,
-        y,
-        jnp.asarray(train_idx),
-        jnp.ones(train_idx.size),
-        jnp.asarray(val_idx),
-        jnp.ones(val_idx.size),
-        key,
-        spec=spec,
-        num_classes=num_classes or found,
-        history=history,
-    )
-    return FitResult(
-        params,
-        {name: float(v) for name, v in final.items()},
-        {name: np.asarray(v) for name, v in hist.items()},
-    )
+# --- K-fold cross-validation and random search: populations of any model ----------------------
 
 
 def _pad_folds(index_lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -503,21 +355,28 @@ def _pad_folds(index_lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     return idx, w
 
 
+def _config(model, config: TrainConfig | None, dataset) -> tuple[TrainConfig, Any]:
+    """(config, module): a zoo name sets ``config.model``; a module is passed through."""
+    config = config or TrainConfig(dataset=getattr(dataset, "name", "arrays"))
+    if isinstance(model, str):
+        return dataclasses.replace(config, model=model), None
+    return config, model
+
+
 @dataclasses.dataclass(frozen=True)
 class KFoldResult:
-    """K-fold cross-validation results.
+    """K-fold cross-validation: one population member per fold.
 
-    folds: k pairs (train_idx, val_idx). params: the k models, every leaf stacked on a leading
-    fold axis (k, ...). metrics: train_loss, train_acc, val_loss, val_acc, each (k,).
-    history: per-epoch arrays (k, epochs) (see ``train_loop``).
+    folds: k pairs (train_idx, val_idx) into the data set. metrics: train_loss, train_acc,
+    val_loss, val_acc, each (k,), of each fold's model after its last epoch (val: its held-out
+    fold). history: per-epoch (k, epochs) arrays of the same four. population: the trained
+    population (every fold's parameters, stacked).
     """
 
     folds: list[tuple[np.ndarray, np.ndarray]]
-    params: Any
     metrics: dict[str, np.ndarray]
     history: dict[str, np.ndarray]
-    spec: TrainSpec
-    num_classes: int
+    population: PopulationResult
 
     @property
     def k(self) -> int:
@@ -532,65 +391,72 @@ class KFoldResult:
         """Spread over the folds (population std, ddof=0)."""
         return {name: float(np.std(v)) for name, v in self.metrics.items()}
 
-    def fold_params(self, fold: int) -> Any:
-        """The parameters of fold ``fold``'s model alone."""
-        return jax.tree.map(lambda leaf: leaf[fold], self.params)
+    def fold_state(self, fold: int):
+        """The TrainState of fold ``fold``'s model alone."""
+        return self.population.member_state(fold)
 
-    @property
-    def model(self) -> nn.Module:
-        return self.spec.model(self.num_classes)
+    def fold_params(self, fold: int) -> Any:
+        return self.fold_state(fold).params
+
+
+_RENAME = {"eval_loss": "val_loss", "eval_acc": "val_acc"}
 
 
 def k_fold_cv(
-    X,
-    y,
+    model: Any,
+    dataset,
     k: int = 5,
     *,
-    spec: TrainSpec = TrainSpec(),
+    config: TrainConfig | None = None,
     seed: int = 0,
-    num_classes: int | None = None,
-    history: str = "val",
+    devices: int = 1,
+    workdir=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda line: None,
 ) -> KFoldResult:
-    """K-fold cross-validation, the k folds trained at once (one vmapped, jitted program).
+    """K-fold cross-validation of any model, the k folds trained at once as one population.
 
     Args:
-      X: (n, ...) float inputs; y: (n,) integer labels.
-      k: number of folds, 2 <= k <= n (folds from ``jaxnotes.data.k_fold_indices(n, k, seed)``).
-      spec: model and optimizer.
-      seed: the fold split and, through ``fold_key(seed, i)``, fold i's training.
-      num_classes: default max(y) + 1.
-      history: per-epoch evaluation (see ``train_loop``).
+      model: a zoo name ("mlp", "lenet", ...) or any module ``training.fit`` accepts.
+      dataset: a ``jaxnotes.data.Dataset`` (the development part: the notes' 70%).
+      k: number of folds, 2 <= k <= n (``jaxnotes.data.k_fold_indices(n, k, seed)``).
+      config: epochs, batch size, optimizer, rates... (default ``TrainConfig()``); every fold
+        trains with ``config.seed`` (the folds differ by their data only).
+      seed: the fold split.
+      devices: split the folds over this many devices.
+      workdir, resume, overwrite, log: as ``population.fit_population`` (``folds.jsonl``).
 
     Returns:
-      ``KFoldResult``; fold i equals ``train_on_indices(X, y, *folds[i], key=fold_key(seed, i))``.
+      ``KFoldResult``: fold i equals ``training.fit`` on fold i's training part alone.
     """
-    X, y, found = _check_arrays(X, y)
-    n = X.shape[0]
+    n = len(dataset)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 2 <= k <= n:
         raise ValueError(f"k must be an integer with 2 <= k <= n, got k={k!r}, n={n}")
+    config, module = _config(model, config, dataset)
     folds = jdata.k_fold_indices(n, int(k), seed)
-    train_idx, train_w = _pad_folds([tr for tr, _ in folds])
-    val_idx, val_w = _pad_folds([va for _, va in folds])
-    keys = jnp.stack([fold_key(seed, i) for i in range(k)])
-    num_classes = num_classes or found
-    params, final, hist = _fit_folds(
-        X, y, train_idx, train_w, val_idx, val_w, keys,
-        spec=spec, num_classes=num_classes, history=history,
+    members = [Member(seed=config.seed, train_indices=tr, eval_indices=va) for tr, va in folds]
+    result = fit_population(
+        config, members, workdir, model=module, train_data=dataset, eval_data=dataset,
+        devices=devices, rows_file="folds.jsonl", resume=resume, overwrite=overwrite, log=log,
     )  # fmt: skip
-    return KFoldResult(
-        folds=folds,
-        params=params,
-        metrics={name: np.asarray(v) for name, v in final.items()},
-        history={name: np.asarray(v) for name, v in hist.items()},
-        spec=spec,
-        num_classes=num_classes,
-    )
+    names = ("train_loss", "train_acc", "eval_loss", "eval_acc")
+    metrics = {_RENAME.get(m, m): np.array([r[m] for r in result.rows]) for m in names}
+    history = {
+        _RENAME.get(m, m): np.array([[h[m] for h in rows] for rows in result.history])
+        for m in names
+    }
+    return KFoldResult(folds, metrics, history, result)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _fold_probabilities(params, X, *, model):
-    apply = lambda p: jax.nn.softmax(model.apply({"params": p}, X, train=False), axis=-1)
-    return jax.vmap(apply)(params)
+def fold_probabilities(result: KFoldResult, images) -> np.ndarray:
+    """Every fold model's class probabilities: (n, H, W, C) -> (k, n, classes)."""
+    return result.population.predict(np.asarray(images))
+
+
+def ensemble_predict(result: KFoldResult, images) -> np.ndarray:
+    """The fold ensemble: each fold's OWN model's probabilities averaged, -> (n, classes)."""
+    return fold_probabilities(result, images).mean(axis=0)
 
 
 def plot_k_fold(result: KFoldResult, path=None, metric: str = "val_acc"):
@@ -601,43 +467,32 @@ def plot_k_fold(result: KFoldResult, path=None, metric: str = "val_acc"):
     return plots.curves(curves, path, ylabel=metric.replace("_", " "))
 
 
-def fold_probabilities(result: KFoldResult, X) -> np.ndarray:
-    """Every fold model's predicted class probabilities: (n, ...) -> (k, n, num_classes)."""
-    X = jnp.asarray(np.asarray(X, np.float32))
-    return np.asarray(_fold_probabilities(result.params, X, model=result.model))
-
-
-def ensemble_predict(result: KFoldResult, X) -> np.ndarray:
-    """The fold ensemble: the k models' probabilities averaged, (n, ...) -> (n, num_classes)."""
-    return fold_probabilities(result, X).mean(axis=0)
-
-
 @dataclasses.dataclass(frozen=True)
 class ProtocolResult:
     """The notes' protocol: K-fold on the development part, one final test.
 
-    dev_idx, test_idx: the holdout split. cv: K-fold on dev. final: the model trained on all of
-    dev (its "val_*" metrics are the test metrics). ensemble_test_acc: the k fold models averaged.
+    dev_idx, test_idx: the holdout split. cv: K-fold on dev. final: ``fit`` on all of dev, its
+    summary's test numbers the held-out test set's. ensemble_test_acc: the k fold models averaged.
     """
 
     dev_idx: np.ndarray
     test_idx: np.ndarray
     cv: KFoldResult
-    final: FitResult
+    final: Any
     ensemble_test_acc: float
 
     @property
     def test_acc(self) -> float:
-        return self.final.metrics["val_acc"]
+        return self.final.summary["test_acc"]
 
 
 def holdout_kfold(
-    X,
-    y,
+    model: Any,
+    dataset,
     *,
     k: int = 5,
     test_fraction: float = 0.3,
-    spec: TrainSpec = TrainSpec(),
+    config: TrainConfig | None = None,
     seed: int = 0,
 ) -> ProtocolResult:
     """Hold out ``test_fraction`` as test set, K-fold on the rest, retrain on all of it, test once.
@@ -645,28 +500,41 @@ def holdout_kfold(
     The test set is looked at exactly once (by the final model, and by the fold ensemble for
     comparison): model choices are to be made on ``cv`` alone.
     """
-    X, y, num_classes = _check_arrays(X, y)
-    dev_idx, test_idx = jdata.holdout_split(X.shape[0], test_fraction, seed)
-    cv = k_fold_cv(X[dev_idx], y[dev_idx], k, spec=spec, seed=seed, num_classes=num_classes)
-    final = train_on_indices(
-        X, y, dev_idx, test_idx, key=fold_key(seed, k), spec=spec, num_classes=num_classes
-    )
-    ensemble = ensemble_predict(cv, X[test_idx])
-    ensemble_acc = float(np.mean(ensemble.argmax(-1) == np.asarray(y)[test_idx]))
+    dev_idx, test_idx = jdata.holdout_split(len(dataset), test_fraction, seed)
+    dev, test = _subset(dataset, dev_idx), _subset(dataset, test_idx)
+    cv = k_fold_cv(model, dev, k, config=config, seed=seed)
+    final_config, module = _config(model, config, dataset)
+    final_config = dataclasses.replace(final_config, progress=False)
+    final = fit(final_config, model=module, train_data=dev, test_data=test, log=lambda s: None)
+    ensemble = ensemble_predict(cv, test.images)
+    ensemble_acc = float(np.mean(ensemble.argmax(-1) == test.labels))
     return ProtocolResult(dev_idx, test_idx, cv, final, ensemble_acc)
+
+
+def _subset(dataset, idx: np.ndarray):
+    return jdata.from_arrays(
+        dataset.images[idx], dataset.labels[idx], dataset.num_classes, dataset.name
+    )
 
 
 # --- random hyper-parameter search ---------------------------------------------------------------
 
-SEARCH_PARAMS = ("learning_rate", "weight_decay", "dropout", "width")
+SEARCH_PARAMS = ("learning_rate", "weight_decay", "momentum", "dropout")
 LOG_PARAMS = ("learning_rate", "weight_decay")
+ARCHITECTURE_PARAMS = ("width",)  # each value is its own population (other shapes)
 
 # name -> ("log", low, high) | ("uniform", low, high) | [choices] | a fixed number
 DEFAULT_SPACE: dict[str, Any] = {
     "learning_rate": ("log", 1e-3, 1.0),
     "weight_decay": ("log", 1e-6, 1e-1),
     "dropout": ("uniform", 0.0, 0.8),
-    "width": [32, 64, 128],
+}
+RULES = {
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
+    "dropout": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
+    "width": (lambda v: (v >= 1) & (v == np.round(v)), "a positive integer"),
 }
 
 
@@ -692,170 +560,43 @@ def _sample_one(name: str, spec: Any, n: int, rng: np.random.Generator) -> np.nd
     return rng.uniform(low, high, size=n)
 
 
-def _check_sample(name: str, values: np.ndarray) -> None:
-    checks = {
-        "learning_rate": (lambda v: v > 0, "> 0"),
-        "weight_decay": (lambda v: v >= 0, ">= 0"),
-        "dropout": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
-        "width": (lambda v: (v >= 1) & (v == np.round(v)), "a positive integer"),
-    }
-    ok, rule = checks[name]
-    bad = np.flatnonzero(~ok(values))
-    if bad.size:
-        raise ValueError(
-            f"search space: {name} must be {rule}, but trial {bad[0]} got {values[bad[0]]!r}"
-        )
-
-
 def sample_space(
     space: Mapping[str, Any] | None, n_trials: int, seed: int
 ) -> dict[str, np.ndarray]:
     """Draw ``n_trials`` settings: name -> (n_trials,) values, reproducible from ``seed``.
 
-    ``space`` maps each of ``SEARCH_PARAMS`` to ("log", low, high) (log-uniform: the natural
-    scale for learning rates and decay rates, which matter by orders of magnitude), ("uniform",
-    low, high), a list of choices or a fixed number. None means ``DEFAULT_SPACE``.
+    ``space`` maps any of ``SEARCH_PARAMS`` (and "width", the chapter MLP's hidden width) to
+    ("log", low, high) (log-uniform: the natural scale for learning rates and decay rates,
+    which matter by orders of magnitude), ("uniform", low, high), a list of choices or a fixed
+    number. Left out: the config's value. None means ``DEFAULT_SPACE``.
 
     Raises:
-      ValueError: n_trials < 1, a missing, unknown or malformed entry, or a sampled value out of
-        its domain (learning rate <= 0, negative weight decay, dropout outside [0, 1), width not a
-        positive integer).
+      ValueError: n_trials < 1, an empty, unknown or malformed entry, or a sampled value out of
+        its domain (learning rate <= 0, negative weight decay, dropout or momentum outside
+        [0, 1), width not a positive integer), naming the rule.
     """
     if isinstance(n_trials, bool) or not isinstance(n_trials, numbers.Integral) or n_trials < 1:
         raise ValueError(f"n_trials must be an integer >= 1, got {n_trials!r}")
     space = DEFAULT_SPACE if space is None else space
     if not space:
-        raise ValueError("search space is empty; give " + ", ".join(SEARCH_PARAMS))
-    missing = [name for name in SEARCH_PARAMS if name not in space]
-    unknown = sorted(set(space) - set(SEARCH_PARAMS))
-    if missing or unknown:
-        raise ValueError(
-            f"search space must define exactly {', '.join(SEARCH_PARAMS)}; "
-            f"missing {missing}, unknown {unknown}"
-        )
+        raise ValueError("search space is empty; give some of " + ", ".join(RULES))
+    unknown = sorted(set(space) - set(RULES))
+    if unknown:
+        raise ValueError(f"search space: unknown parameter(s) {unknown}; known: {', '.join(RULES)}")
     rng = np.random.default_rng(seed)
     sample = {}
-    for name in SEARCH_PARAMS:  # a fixed order: the same seed draws the same values
-        sample[name] = _sample_one(name, space[name], n_trials, rng)
-        _check_sample(name, sample[name])
-    sample["width"] = sample["width"].astype(int)
+    for name in RULES:  # a fixed order: the same seed draws the same values
+        if name not in space:
+            continue
+        values = _sample_one(name, space[name], n_trials, rng)
+        ok, rule = RULES[name]
+        bad = np.flatnonzero(~ok(values))
+        if bad.size:
+            raise ValueError(
+                f"search space: {name} must be {rule}, but trial {bad[0]} got {values[bad[0]]:g}"
+            )
+        sample[name] = values.astype(int) if name == "width" else values
     return sample
-
-
-def init_mlp(key: jax.Array, sizes: Sequence[int]) -> dict[str, dict[str, jax.Array]]:
-    """Dense layers (Xavier-uniform kernels as the zoo's, zero biases) for ``sizes`` =
-    (d_in, hidden..., classes); named like Flax's ``Dense_i`` so ``optim.decay_mask`` applies.
-
-    Kernels are (n_out, n_in), PyTorch's layout, applied as ``x @ kernel.T``: vmapped over
-    trials, the gradient then comes out of XLA:CPU's matmul in the kernels' own layout, and the
-    update reads it without a transpose (about 1.3x faster search steps on a 2-core CPU).
-    """
-    init = nn.initializers.xavier_uniform()
-    keys = jax.random.split(key, len(sizes) - 1)
-    return {
-        f"Dense_{i}": {"kernel": init(keys[i], (n_out, n_in)), "bias": jnp.zeros(n_out)}
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
-    }
-
-
-def traced_dropout(key: jax.Array, x: jax.Array, rate: jax.Array) -> jax.Array:
-    """``jaxnotes.ops.dropout`` (the same mask for the same key) with a traced ``rate`` in [0, 1).
-
-    A traced rate lets trials with different dropout rates share one vmapped program. The
-    uniform draws depend on the key only, so under ``vmap`` with a shared key they are made once
-    for all trials (random bits are the costliest part of a small MLP's step on a CPU), and each
-    trial compares them with its own rate.
-    """
-    keep = jax.random.uniform(key, x.shape, x.dtype) < 1.0 - rate
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
-
-
-def mlp_apply(params: dict, x: jax.Array, rate: jax.Array = 0.0, key: jax.Array | None = None):
-    """(N, d_in) -> (N, classes) logits: ReLU hidden layers, dropout after each when ``key``."""
-    n_layers = len(params)
-    for i in range(n_layers):
-        layer = params[f"Dense_{i}"]
-        x = x @ layer["kernel"].T + layer["bias"]
-        if i < n_layers - 1:
-            x = jax.nn.relu(x)
-            if key is not None:
-                x = traced_dropout(jax.random.fold_in(key, i), x, rate)
-    return x
-
-
-def _search_trial(
-    X, y, train_idx, val_idx, order_key, dropout_key, trial_key, learning_rate, weight_decay,
-    dropout, *, width, depth, momentum, epochs, batch_size, num_classes,
-):  # fmt: skip
-    """One trial; X (n, d) features. The hyper-parameters are traced scalars.
-
-    ``order_key`` and ``dropout_key`` are the search's (common random numbers: every trial sees
-    the same batches and the same uniform draws behind its dropout masks, so trials differ by
-    their settings and their initialisation, ``trial_key``, only).
-    """
-    params = init_mlp(
-        jax.random.fold_in(trial_key, 0), (X.shape[1], *([width] * depth), num_classes)
-    )
-    # make_optimizer's "sgd" with decoupled decay, built here because its rates are traced.
-    tx = optax.chain(
-        optax.trace(decay=momentum),
-        optax.add_decayed_weights(weight_decay, mask=optim.decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-
-    # mlp_apply drops out only when given a key, i.e. in training.
-    loss_fn, eval_fn = classifier_fns(lambda params, x, key: mlp_apply(params, x, dropout, key))
-    _, final, _ = train_loop(
-        params,
-        tx,
-        loss_fn,
-        eval_fn,
-        X,
-        y,
-        train_idx,
-        jnp.ones(train_idx.shape[0]),
-        val_idx,
-        jnp.ones(val_idx.shape[0]),
-        order_key,
-        dropout_key,
-        epochs=epochs,
-        batch_size=batch_size,
-        history="none",
-    )
-    return final
-
-
-_TRIAL_STATIC = ("width", "depth", "momentum", "epochs", "batch_size", "num_classes")
-_trial_one = jax.jit(_search_trial, static_argnames=_TRIAL_STATIC)
-
-
-@functools.partial(jax.jit, static_argnames=_TRIAL_STATIC)
-def _trial_group(X, y, train_idx, val_idx, order_key, dropout_key, keys, lrs, wds, rates, **static):
-    """Trials of one width as one program: keys and settings have a leading trial axis.
-
-    The data, its order and the dropout draws are shared (not vmapped), so one batch gather and
-    one set of random numbers per step serve every trial of the group.
-    """
-    trial = functools.partial(_search_trial, **static)
-    in_axes = (None,) * 6 + (0,) * 4
-    return jax.vmap(trial, in_axes=in_axes)(
-        X, y, train_idx, val_idx, order_key, dropout_key, keys, lrs, wds, rates
-    )
-
-
-def _search_data(data, seed: int):
-    if data is None:
-        digits = jdata.load("digits", "train")
-        X, y = digits.images.reshape(len(digits), -1), digits.labels
-        train_idx, val_idx = jdata.holdout_split(len(y), 0.3, seed)
-        return X, y, train_idx, val_idx
-    X_train, y_train, X_val, y_val = data
-    X_train, y_train, _ = _check_arrays(X_train, y_train)
-    X_val, y_val, _ = _check_arrays(X_val, y_val)
-    X = np.concatenate([np.asarray(X_train).reshape(len(y_train), -1),
-                        np.asarray(X_val).reshape(len(y_val), -1)])  # fmt: skip
-    y = np.concatenate([np.asarray(y_train), np.asarray(y_val)])
-    return X, y, np.arange(len(y_train)), len(y_train) + np.arange(len(y_val))
 
 
 def _sort_key(row: dict) -> tuple:
@@ -866,88 +607,97 @@ def _sort_key(row: dict) -> tuple:
 
 
 def random_search(
-    n_trials: int,
+    model: Any,
+    dataset,
     space: Mapping[str, Any] | None = None,
-    seed: int = 0,
+    n_trials: int = 20,
     *,
-    data: tuple | None = None,
-    depth: int = 1,
-    momentum: float = 0.9,
-    epochs: int = 20,
-    batch_size: int = 64,
-    vectorize: bool = True,
+    config: TrainConfig | None = None,
+    seed: int = 0,
+    validation_fraction: float = 0.3,
+    devices: int = 1,
+    workdir=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda line: None,
 ) -> list[dict[str, Any]]:
-    """Random search over an MLP's learning rate, weight decay, dropout and width.
+    """Random search over a model's learning rate, weight decay, momentum and dropout.
+
+    The trials are one population (one compiled program; trials of different "width" are one
+    population per width), trained on ``dataset`` minus a held-out validation part and scored on
+    that part (the test set is not touched by a search).
 
     Args:
-      n_trials: how many settings to try (the notes: "try 100 random settings").
-      space: see ``sample_space`` (None: ``DEFAULT_SPACE``).
-      seed: the settings, the validation split (digits), the data order and dropout draws
-        (shared by all trials) and each trial's initialisation (trial t uses
-        ``fold_in(fold_in(key(seed), 1), t)``).
-      data: (X_train, y_train, X_val, y_val) arrays; default: digits' training split, 30% of it
-        held out for validation (the test split is not touched by a search).
-      depth: hidden layers, all of the trial's width; momentum, epochs, batch_size: fixed.
-      vectorize: train each width's trials together under ``vmap`` (True) or one by one with the
-        same jitted single-trial function (False: the baseline; same results).
+      model: a zoo name or any module ``training.fit`` accepts ("width" needs "mlp": one hidden
+        layer of that width, the chapter's MLP).
+      dataset: a ``jaxnotes.data.Dataset``.
+      space: see ``sample_space`` (None: ``DEFAULT_SPACE``); n_trials: the notes' "try 100
+        random settings".
+      config: what the trials share (epochs, batch size, optimizer kind...).
+      seed: the settings, the validation split and every trial's training seed (the trials
+        share the data order and differ by their settings: common random numbers).
+      workdir, resume, overwrite, log: as ``population.fit_population`` (``trials.jsonl``; one
+        sub-folder ``width-W`` per width when the space has several).
 
     Returns:
       One dict per trial, best first (highest val_acc, then lowest val_loss; diverged trials
-      last): trial, learning_rate, weight_decay, dropout, width, train_loss, train_acc,
-      val_loss, val_acc, diverged.
+      last): trial, the sampled settings, train_loss, train_acc, val_loss, val_acc, diverged.
     """
     sample = sample_space(space, n_trials, seed)
-    if depth < 1 or epochs < 1 or batch_size < 1 or not 0 <= momentum < 1:
-        raise ValueError(
-            f"need depth, epochs, batch_size >= 1 and momentum in [0, 1), got {depth}, {epochs}, "
-            f"{batch_size}, {momentum}"
-        )
-    X, y, train_idx, val_idx = _search_data(data, seed)
-    X = jnp.asarray(np.asarray(X, np.float32))
-    y, train_idx, val_idx = (jnp.asarray(np.asarray(a), jnp.int32) for a in (y, train_idx, val_idx))
-    root = jax.random.key(seed)
-    order_key, dropout_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 2)
-    trial_root = jax.random.fold_in(root, 1)
-    trial_keys = [jax.random.fold_in(trial_root, t) for t in range(n_trials)]
-    # host float32 arrays: the loop passes plain scalars (no device indexing per trial)
-    hyper = {name: sample[name].astype(np.float32) for name in (*LOG_PARAMS, "dropout")}
-    common = (X, y, train_idx, val_idx, order_key, dropout_key)
-    num_classes = int(np.asarray(y).max()) + 1
-    results: dict[str, np.ndarray] = {
-        name: np.zeros(n_trials) for name in ("train_loss", "train_acc", "val_loss", "val_acc")
-    }
-    for width in sorted(set(sample["width"].tolist())):
-        static = dict(width=width, depth=depth, momentum=momentum, epochs=epochs,
-                      batch_size=batch_size, num_classes=num_classes)  # fmt: skip
-        members = np.flatnonzero(sample["width"] == width)
-        if vectorize:
-            keys = jnp.stack([trial_keys[t] for t in members])
-            settings = [values[members] for values in hyper.values()]
-            out = jax.device_get(_trial_group(*common, keys, *settings, **static))
-            for name, values in out.items():
-                results[name][members] = values
-        else:
-            for t in members:
-                settings = [values[t] for values in hyper.values()]
-                out = jax.device_get(_trial_one(*common, trial_keys[t], *settings, **static))
-                for name, value in out.items():
-                    results[name][t] = value
-    rows = []
-    for t in range(n_trials):
-        row = {"trial": t, **{name: float(sample[name][t]) for name in LOG_PARAMS + ("dropout",)}}
-        row["width"] = int(sample["width"][t])
-        row.update({name: float(values[t]) for name, values in results.items()})
-        row["diverged"] = not (np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"]))
-        rows.append(row)
+    config, module = _config(model, config, dataset)
+    if "width" in sample and (module is not None or config.model != "mlp"):
+        raise ValueError("search space: 'width' applies to the chapter's MLP (model 'mlp') only")
+    train_idx, val_idx = jdata.holdout_split(len(dataset), validation_fraction, seed)
+    widths = sample.get("width", np.zeros(n_trials, int))
+    rows: list[dict[str, Any]] = []
+    for width in sorted(set(widths.tolist())):
+        trials = np.flatnonzero(widths == width)
+        group_config = config
+        if "width" in sample:
+            # one hidden layer: one dropout rate (the trial's, when the space has "dropout")
+            kwargs = {"dropout": 0.0, **config.model_kwargs, "hidden": (int(width),)}
+            group_config = dataclasses.replace(config, model_kwargs=kwargs)
+        members = [
+            Member(
+                seed=config.seed, train_indices=train_idx, eval_indices=val_idx,
+                **{name: float(sample[name][t]) for name in SEARCH_PARAMS if name in sample},
+            )
+            for t in trials
+        ]  # fmt: skip
+        folder = workdir
+        if workdir is not None and "width" in sample:  # one population (and folder) per width
+            if isinstance(workdir, workdirs.NewRun):
+                workdir = workdir.create()
+            folder = Path(workdir) / f"width-{int(width)}"
+        result = fit_population(
+            group_config, members, folder, model=module, train_data=dataset, eval_data=dataset,
+            devices=devices, rows_file="trials.jsonl", resume=resume, overwrite=overwrite,
+            log=log,
+        )  # fmt: skip
+        for t, row in zip(trials, result.rows, strict=True):
+            rows.append(_trial_row(int(t), sample, row, group_config))
     return sorted(rows, key=_sort_key)
 
 
+def _trial_row(trial: int, sample: dict, row: dict, config: TrainConfig) -> dict:
+    settings = Member(**{k: float(v[trial]) for k, v in sample.items() if k in SEARCH_PARAMS})
+    out = {"trial": trial, **settings.settings(config)}
+    if "width" in sample:
+        out["width"] = int(sample["width"][trial])
+    out.update(
+        {_RENAME.get(k, k): row[k] for k in ("train_loss", "train_acc", "eval_loss", "eval_acc")}
+    )
+    out["diverged"] = bool(row["diverged"])
+    return out
+
+
 def plot_search(rows: Sequence[Mapping[str, Any]], path=None, score: str = "val_acc"):
-    """Validation score against each hyper-parameter (log axes for the log-uniform ones)."""
+    """Validation score against each searched hyper-parameter (log axes for the log ones)."""
     from jaxnotes import plots
 
     finite = [row for row in rows if not row.get("diverged")]
-    return plots.scatter_scores(finite, SEARCH_PARAMS, score, path, log_params=LOG_PARAMS)
+    names = [n for n in (*SEARCH_PARAMS, "width") if n in rows[0] and rows[0][n] is not None]
+    return plots.scatter_scores(finite, names, score, path, log_params=LOG_PARAMS)
 
 
 # --- class imbalance and standardization ----------------------------------------------------------
@@ -979,6 +729,12 @@ def per_class_recall(predictions: np.ndarray, labels: np.ndarray, num_classes: i
     )
 
 
+def _logistic_logits(params: dict, x: jax.Array) -> jax.Array:
+    """(N, d) -> (N, 2) logits of a linear layer, kernel (2, d) as PyTorch stores it."""
+    layer = params["Dense_0"]
+    return x @ layer["kernel"].T + layer["bias"]
+
+
 @functools.partial(jax.jit, static_argnames=("epochs",))
 def _fit_logistic(X, y, train_idx, train_w, key, learning_rate, *, epochs):
     """Full-batch logistic regression (2-class softmax), one run per leading axis of idx / w."""
@@ -986,7 +742,7 @@ def _fit_logistic(X, y, train_idx, train_w, key, learning_rate, *, epochs):
     def fit(idx, w):
         params = {"Dense_0": {"kernel": jnp.zeros((2, X.shape[1])), "bias": jnp.zeros(2)}}
 
-        loss_fn, eval_fn = classifier_fns(lambda p, x, _key: mlp_apply(p, x))
+        loss_fn, eval_fn = classifier_fns(lambda p, x, _key: _logistic_logits(p, x))
         params, _, _ = train_loop(
             params, optax.sgd(learning_rate), loss_fn, eval_fn, X, y, idx, w, idx, w, key, key,
             epochs=epochs, batch_size=idx.shape[0], history="none",
@@ -1030,7 +786,7 @@ def imbalance_demo(
     )  # fmt: skip
     results = {}
     for row, name in enumerate(("plain", "oversampled")):
-        logits = mlp_apply(jax.tree.map(lambda leaf, r=row: leaf[r], params), jnp.asarray(X_test))
+        logits = _logistic_logits(jax.tree.map(lambda leaf, r=row: leaf[r], params), X_test)
         predictions = np.asarray(jnp.argmax(logits, -1))
         majority, minority = per_class_recall(predictions, y_test, 2)
         results[name] = {

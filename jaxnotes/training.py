@@ -119,23 +119,27 @@ def create_train_state(
     """
     fns = modules.as_model(model)
     dummy = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-
-    def init(x: jax.Array) -> TrainState:
-        root = jax.random.key(seed)  # inside the program: no separate seeding compile
-        params, model_state = fns.init(jax.random.fold_in(root, 0), x)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            key=jax.random.key_data(jax.random.fold_in(root, 1)),
-            model_state=model_state,
-        )
-
-    compiled = jax.jit(init).lower(dummy).compile(compiler_options=_init_compiler_options())
+    # The seed stays inside the program: no separate seeding compile.
+    init = functools.partial(initial_state, fns, tx, seed=seed)
+    compiled = jax.jit(init).lower(dummy).compile(compiler_options=init_compiler_options())
     return compiled(np.zeros(dummy.shape, np.float32))
 
 
-def _init_compiler_options() -> dict | None:
+def initial_state(fns: modules.Model, tx, x: jax.Array, seed: Any) -> TrainState:
+    """The state ``create_train_state`` makes, as a traceable function (``seed`` may be traced:
+    a population initialises every member in one vmapped program)."""
+    root = jax.random.key(seed)
+    params, model_state = fns.init(jax.random.fold_in(root, 0), x)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        key=jax.random.key_data(jax.random.fold_in(root, 1)),
+        model_state=model_state,
+    )
+
+
+def init_compiler_options() -> dict | None:
     """Compile the one-off initialisation with less of LLVM's optimisation on CPU.
 
     It runs once, and its random-number code (one threefry hash per parameter) is what makes it
@@ -673,13 +677,7 @@ def _open(run: _Run, workdir, resume: bool, overwrite: bool, phases) -> _Session
 
 
 def _open_workdir(run: _Run, session: _Session, workdir, resume: bool, overwrite: bool) -> None:
-    if isinstance(workdir, workdirs.NewRun):
-        path = workdir.create()
-    else:
-        path = Path(workdir)
-        if resume and not workdirs.has_checkpoint(path):
-            raise FileNotFoundError(f"--resume: no checkpoint found in {path / 'checkpoints'}")
-        path.mkdir(parents=True, exist_ok=True)
+    path = workdirs.open_folder(workdir, resume=resume)
     if run.primary:
         session.lock = workdirs.Lock(path).acquire()
     workdirs.check_reusable(path, resume=resume, overwrite=overwrite)  # under the lock

@@ -68,6 +68,18 @@ def check_writable(workdir: str | os.PathLike) -> None:
         raise WorkdirError(f"--workdir {workdir} is not writable: no write permission on {probe}")
 
 
+def open_folder(workdir: str | os.PathLike | NewRun, *, resume: bool) -> Path:
+    """The run's folder, made if needed: a ``NewRun`` gets a fresh one; resuming needs a
+    checkpoint there (FileNotFoundError otherwise)."""
+    if isinstance(workdir, NewRun):
+        return workdir.create()
+    path = Path(workdir)
+    if resume and not has_checkpoint(path):
+        raise FileNotFoundError(f"--resume: no checkpoint found in {path / 'checkpoints'}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def clear_run(workdir: Path) -> None:
     """Delete an earlier run's checkpoints and output files in ``workdir`` (for overwrite)."""
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)

@@ -65,7 +65,7 @@ def test_a_run_compiles_three_programs_and_a_resume_no_more(tmp_path):
     first = _run([*QUICK, "--epochs", "1", "--workdir", "w"], tmp_path)
     assert first["compiled_programs"] == 3, first["profile"]["compiles"]
     names = set(first["profile"]["compiles"]["by_function"])
-    assert names == {"jit(init)", "jit(train_step)", "jit(eval_step)"}, names
+    assert names == {"jit(initial_state)", "jit(train_step)", "jit(eval_step)"}, names
     resumed = _run([*QUICK, "--epochs", "2", "--workdir", "w", "--resume"], tmp_path)
     assert resumed["compiled_programs"] == 3 and resumed["compilations"] == 1
     # Scanned steps whose count does not divide the epoch: the scan and the single-step tail.

@@ -84,6 +84,21 @@ RUNNER_CASES = [
     (["--workdir", "prev", "--resume", "--resize", "12"], "resize: None -> 12"),
     (["--workdir", "prev", "--resume", "--batch-size", "32"], "batch_size: 64 -> 32"),
     (["--workdir", "prev", "--resume", "--seed", "3"], "seed: 0 -> 3"),
+    (["--search", "4", "--search-space", "lr=1:0.1"], "lr=1:0.1: the range must have finite LOW < HIGH, got 1 >= 0.1"),
+    (["--search", "4", "--search-space", "lr=-1:2:log"], "lr=-1:2:log: a log-uniform range needs LOW > 0"),
+    (["--search", "4", "--search-space", "lr=1e-3:1:cubic"], "the scale must be log or uniform, got 'cubic'"),
+    (["--search", "4", "--search-space", "foo=1"], "unknown parameter 'foo'"),
+    (["--search", "4", "--search-space", "lr="], "'lr=' must be NAME=LOW:HIGH"),
+    (["--search", "4", "--search-space", "lr=a:b"], "lr=a:b: could not convert string to float"),
+    (["--search", "4", "--search-space", "dropout=0.5:1.5"], "dropout must be in [0, 1), but trial"),
+    (["--search", "4", "--search-space", "momentum=1.5"], "momentum must be in [0, 1), but trial 0 got 1.5"),
+    (["--search", "4", "--search-space", ","], "--search-space is empty"),
+    (["--search", "0"], "--search must be >= 1 trials, got 0"),
+    (["--k-fold", "1"], "--k-fold must be >= 2, got 1"),
+    (["--k-fold", "3", "--search", "2"], "--k-fold and --search are two experiments: choose one"),
+    (["--search-space", "lr=0.1:1"], "--search-space needs --search N"),
+    (["--model", "lenet", "--search", "2", "--search-space", "width=8|16"], "width applies to --model mlp only"),
+    (["--k-fold", "3", "--steps-per-dispatch", "2"], "they take neither --steps-per-dispatch nor --parallel"),
 ]  # fmt: skip
 
 

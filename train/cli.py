@@ -86,6 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every-steps", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--k-fold", type=int, metavar="K", help="K-fold cross-validation on the training split"
+    )
+    parser.add_argument("--search", type=int, metavar="N", help="random search of N trials")
+    parser.add_argument(
+        "--search-space",
+        help="e.g. lr=1e-3:1,wd=1e-6:1e-2:log,dropout=0:0.8,momentum=0.9,width=32|64 "
+        "(default lr=1e-3:1,wd=1e-6:1e-1)",
+    )
+    parser.add_argument(
         "--no-compile-cache",
         action="store_true",
         help="do not use JAX's persistent compilation cache ($JAXNOTES_CACHE_DIR or "
@@ -258,10 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(error), 2)
     from jaxnotes.workdir import WorkdirError
 
+    population = args.k_fold is not None or args.search is not None or args.search_space
     try:
         config = build_config(args)
+        if population:
+            from train import populations
+
+            populations.check(args)
         workdir = resolve_workdir(args)
-    except (UsageError, WorkdirError) as error:
+    except (UsageError, WorkdirError, ValueError) as error:
         return _fail(str(error), 2)
     if not args.no_compile_cache:
         from jaxnotes import compile_cache
@@ -275,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     from jaxnotes.training import TrainingDivergedError, TrainingInterrupted, fit
 
     try:
+        if population:
+            summary = populations.run(args, config, workdir)
+            if jax.process_index() == 0:
+                print(json.dumps(summary))
+            return 0
         result = fit(config, workdir, resume=args.resume, overwrite=args.overwrite)
     except (
         ValueError,

@@ -86,7 +86,7 @@ class AuxHead(nn.Module):
         x = layers.AvgPool(window, stride=3)(x)
         x = nn.relu(conv(x, 128, 1, **kw))
         x = nn.relu(layers.dense(layers.flatten(x), 1024, **kw))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = layers.Dropout(self.dropout, deterministic=not train)(x)
         return layers.dense(x, self.num_classes, **kw).astype(jnp.float32)
 
 

@@ -167,6 +167,33 @@ class GlobalAvgPool(nn.Module):
         return y
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout`` (the same masks from the same keys, bit for bit) whose rate may be traced.
+
+    A population of runs (``jaxnotes.population``) passes each member's dropout rate as a traced
+    scalar, so members with different rates share one compiled program; linen's own layer needs
+    a Python number (it branches on ``rate == 0``). Named ``Dropout`` like linen's, so modules
+    get the same automatic names (``Dropout_0``...) and hence the same dropout keys.
+    """
+
+    rate: Any
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        static = isinstance(self.rate, int | float)
+        if deterministic or (static and self.rate == 0.0):
+            return inputs
+        if static and self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        keep_prob = 1.0 - self.rate
+        rng = self.make_rng(self.rng_collection)
+        mask = jax.random.bernoulli(rng, p=keep_prob, shape=inputs.shape)
+        return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+
+
 def flatten(x: jax.Array) -> jax.Array:
     """(N, ...) -> (N, D). NHWC order: a PyTorch (NCHW) dense weight needs its columns permuted."""
     return x.reshape(x.shape[0], -1)

@@ -29,9 +29,11 @@ class MLP(nn.Module):
     dtype: Any = jnp.float32
     weight_init: str = "xavier"  # kernel initialiser: "xavier" (d2l) or "he" (layers.KERNEL_INITS)
 
-    def rates(self) -> tuple[float, ...]:
+    def rates(self) -> tuple:
         if isinstance(self.dropout, int | float):
             return (float(self.dropout),) * len(self.hidden)
+        if getattr(self.dropout, "ndim", None) == 0:  # a traced rate (a population member's)
+            return (self.dropout,) * len(self.hidden)
         if len(self.dropout) != len(self.hidden):
             raise ValueError(
                 f"MLP: one dropout rate per hidden layer, got hidden={tuple(self.hidden)} and "
@@ -51,7 +53,7 @@ class MLP(nn.Module):
         x = layers.flatten(x)
         for width, rate in zip(self.hidden, self.rates(), strict=True):
             x = nn.relu(layers.dense(x, width, dtype=self.dtype, weight_init=self.weight_init))
-            x = nn.Dropout(rate, deterministic=not train)(x)
+            x = layers.Dropout(rate, deterministic=not train)(x)
         return layers.dense(
             x, self.num_classes, dtype=self.dtype, weight_init=self.weight_init
         ).astype(jnp.float32)

@@ -87,6 +87,6 @@ class NiN(nn.Module):
                 channels, kernel, stride, padding, dtype=self.dtype, weight_init=self.weight_init
             )(x)
             x = layers.MaxPool(POOL.kernel, POOL.stride, POOL.padding)(x)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = layers.Dropout(self.dropout, deterministic=not train)(x)
         x = nin_block(self.num_classes, *LAST, dtype=self.dtype, weight_init=self.weight_init)(x)
         return layers.GlobalAvgPool()(x).astype(jnp.float32)

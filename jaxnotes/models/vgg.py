@@ -106,7 +106,7 @@ class VGG(nn.Module):
         x = layers.flatten(x)
         for width in HIDDEN:
             x = nn.relu(layers.dense(x, width, dtype=self.dtype, weight_init=self.weight_init))
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = layers.Dropout(self.dropout, deterministic=not train)(x)
         return layers.dense(
             x, self.num_classes, dtype=self.dtype, weight_init=self.weight_init
         ).astype(jnp.float32)

@@ -193,3 +193,30 @@ def test_two_processes_train_like_one(digits, tmp_path):
         np.testing.assert_allclose(per_process[0][name], reference[name], atol=1e-5, rtol=1e-5)
     assert "process 0 of 2" in outputs[0] and "process 1 of 2" in outputs[1]
     assert (tmp_path / "run" / "metrics.jsonl").exists()  # written by process 0
+
+
+def test_a_population_split_over_four_devices_equals_one_device(digits):
+    # The member axis is sharded (each device holds whole members): no member's arithmetic
+    # changes, so 4 devices give what 1 gives.
+    from jaxnotes import population
+
+    config = training.TrainConfig(model="mlp", epochs=1, batch_size=64, progress=False)
+    members = [
+        population.Member(seed=s, learning_rate=lr, dropout=rate)
+        for s, (lr, rate) in enumerate([(0.1, 0.2), (0.05, 0.0), (0.2, 0.5), (0.02, 0.3)])
+    ]
+    one, four = (
+        population.fit_population(
+            config,
+            members,
+            train_data=digits[0],
+            eval_data=digits[1],
+            devices=n,
+            log=lambda s: None,
+        )  # fmt: skip
+        for n in (1, 4)
+    )
+    assert four.summary["devices"] == 4
+    for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(four.state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert [r["eval_acc"] for r in one.rows] == [r["eval_acc"] for r in four.rows]
