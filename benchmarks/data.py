@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/data.py [--epochs 5] [--skip-lenet]
 
+Also times the book's data from disk: decoding the IDX files of 60,000 images, loading the
+decoded ``.npz`` cache, and TFDS's ``data_source`` read of the same split (mock data).
+
 Measures ``train_batches`` over full epochs (examples/s delivered to the consumer, nothing else
 done with them) for scikit-learn's digits and for a Fashion-MNIST-sized uint8 source (60,000 x
 28x28x1, made here), plus ``eval_batches``. For scale, it also times a jitted LeNet SGD step on
@@ -106,6 +109,49 @@ def lenet_step_rate(batch_size: int, steps: int = 20) -> tuple[float, str]:
     return steps * batch_size / (time.perf_counter() - start), str(jax.devices()[0])
 
 
+def sources(repeats: int = 5) -> None:
+    """The book's data from disk: IDX decode of 60,000 images, the decoded .npz cache, and
+    TFDS's data_source read of the same split (mock data: no prepared copy is needed)."""
+    import tempfile
+    from pathlib import Path
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60_000, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 60_000).astype(np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for prefix, n in (("train", 60_000), ("t10k", 10_000)):
+            data.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images[:n])
+            data.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels[:n])
+        idx = best_of(repeats, lambda: data.load_idx_dir(folder, "train"))
+        train = data.load_idx_dir(folder, "train")
+        np.savez(folder / "train.npz", images=train.images, labels=train.labels, num_classes=10)
+        cached = best_of(repeats, lambda: dict(np.load(folder / "train.npz")))
+    print("the book's data from disk (60,000 x 28x28 uint8, best of 5):")
+    for label, seconds in (("IDX .gz decode (gzip + IDX reader)", idx), ("decoded .npz", cached)):
+        print(f"  {label:40}{seconds:7.3f} s  {60_000 / seconds:>12,.0f} images/s")
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        print("  TFDS data_source: tensorflow_datasets not installed")
+        return
+    with tfds.testing.mock_data(num_examples=60_000):
+        read = best_of(1, lambda: data.load_tfds("fashion_mnist", "train"))
+    label = "TFDS data_source read (mock data)"
+    print(
+        f"  {label:40}{read:7.3f} s  {60_000 / read:>12,.0f} images/s  (.npz {read / cached:,.0f}x)"
+    )
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
@@ -137,6 +183,7 @@ def main() -> None:
     report("eval_batches 60,000 x 28x28x1 uint8, batch 256", rate, count)
     report("(grain MapDataset.shuffle order, per index)", grain_shuffle_rate(60_000), 60_000)
 
+    sources()
     if not args.skip_lenet:
         step_rate, device = lenet_step_rate(256)
         host_rate = results[("60,000 x 28x28x1 uint8", 256)]

@@ -91,6 +91,15 @@ CHAPTER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
 }  # fmt: skip
 
 
+def edition() -> str:
+    """The book edition whose settings the book size uses: ``$JAXNOTES_EDITION``, "classic"
+    (the PyTorch 0.17 edition the notes follow) by default, or "d2l1" (the current d2l.ai)."""
+    value = os.environ.get("JAXNOTES_EDITION", "").strip().lower() or "classic"
+    if value not in ("classic", "d2l1"):
+        raise ValueError(f"JAXNOTES_EDITION={value!r}; valid editions: classic, d2l1")
+    return value
+
+
 def size() -> str:
     """The current size, from ``$JAXNOTES_SIZE`` ("book" when unset or empty).
 
@@ -154,7 +163,7 @@ def chapter_config(model: str, size: str | None = None, **overrides: Any):
 
     current = _resolve(size)
     dataset = dataset_name(current)
-    fields = preset(model, dataset)
+    fields = preset(model, dataset, edition())
     limits: tuple[int | None, int | None] = (None, None)
     if current == "small":
         run = SMALL_RUNS.get(model, SmallRun())

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 # tests/user_models.py (the user-written modules) is importable from every test folder.
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -23,3 +25,13 @@ os.environ.setdefault(
 from jaxnotes import compile_cache  # noqa: E402
 
 compile_cache.enable()
+
+# Nothing in the suite reaches the internet: the book's data sets are never downloaded unless a
+# test serves them itself (tests/test_download.py, a server on 127.0.0.1).
+os.environ["JAXNOTES_OFFLINE"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _private_data_dir(tmp_path, monkeypatch):
+    """Each test keeps downloaded and decoded data sets to itself (never ~/.cache/jaxnotes)."""
+    monkeypatch.setenv("JAXNOTES_DATA_DIR", str(tmp_path / "jaxnotes-data"))

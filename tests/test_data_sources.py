@@ -102,8 +102,7 @@ def tfds():
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist", "mnist"])
-def test_tfds_route_under_mock_data(tfds, name, monkeypatch):
-    monkeypatch.delenv("JAXNOTES_CACHE_DIR", raising=False)
+def test_tfds_route_under_mock_data(tfds, name):
     with tfds.testing.mock_data(num_examples=37):
         train = load(name, "train")
         test = load(name, "test")
@@ -115,7 +114,7 @@ def test_tfds_route_under_mock_data(tfds, name, monkeypatch):
     for ds in (train, test):
         assert ds.images.shape == (37, 28, 28, 1) and ds.images.dtype == np.uint8
         assert ds.labels.shape == (37,) and ds.labels.dtype == np.int32
-        assert ds.num_classes == 10 and ds.name == name
+        assert ds.num_classes == 10 and ds.name == name and len(ds.class_names) == 10
         assert ds.labels.min() >= 0 and ds.labels.max() < 10
     np.testing.assert_array_equal(train.images, ref_images)
     np.testing.assert_array_equal(train.labels, ref_labels)
@@ -133,62 +132,77 @@ def test_tfds_chunked_read_matches_record_by_record(tfds):
     np.testing.assert_array_equal(whole.labels, chunked.labels)
 
 
-def test_tfds_cache_is_used_without_tfds(tfds, tmp_path, monkeypatch):
+def test_decoded_cache_is_used_without_tfds(tfds, tmp_path, monkeypatch):
     with tfds.testing.mock_data(num_examples=12):
         first = load("fashion_mnist", "train", cache_dir=tmp_path)
-    assert (tmp_path / "fashion_mnist-train.npz").exists()
+    assert (tmp_path / "fashion_mnist" / "train.npz").exists()
     # Outside the mock, with TFDS unimportable, the cache alone serves the split.
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
-    monkeypatch.setenv("JAXNOTES_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("JAXNOTES_DATA_DIR", str(tmp_path))
     cached = load("fashion_mnist", "train")
     np.testing.assert_array_equal(first.images, cached.images)
     np.testing.assert_array_equal(first.labels, cached.labels)
-    assert cached.num_classes == 10
+    assert cached.num_classes == 10 and cached.class_names[1] == "Trouser"
 
 
 def assert_clear_error(err: pytest.ExceptionInfo):
     message = str(err.value)
-    assert "pip install 'jaxnotes[tfds]'" in message
-    assert "TFDS_DATA_DIR" in message
-    assert "idx:<dir>" in message
-    # Raised `from None`: no chained TFDS traceback.
+    for way in ("JAXNOTES_DATA_MIRROR", "TFDS_DATA_DIR", "idx:<dir>"):
+        assert way in message
+    # Raised `from None`: no chained TFDS or download traceback.
     assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
-def test_unprepared_dataset_raises_one_clear_error(tfds, tmp_path, monkeypatch):
+def test_unprepared_and_offline_raises_one_clear_error(tfds, tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("JAXNOTES_CACHE_DIR", raising=False)
     with pytest.raises(DatasetUnavailableError) as err:
-        load("fashion_mnist", "train")
+        load("fashion_mnist", "train")  # the suite runs with JAXNOTES_OFFLINE=1
     assert_clear_error(err)
-    assert str(tmp_path) in str(err.value)
+    assert str(tmp_path) in str(err.value) and "JAXNOTES_OFFLINE is set" in str(err.value)
     assert isinstance(err.value, RuntimeError)
 
 
-def test_unprepared_dataset_with_explicit_data_dir(tfds, tmp_path, monkeypatch):
-    monkeypatch.delenv("JAXNOTES_CACHE_DIR", raising=False)
+def test_unprepared_dataset_with_explicit_data_dir(tfds, tmp_path):
     with pytest.raises(DatasetUnavailableError) as err:
         load("mnist", "test", data_dir=tmp_path / "empty")
     assert_clear_error(err)
+    assert "no TFDS-prepared copy either" in str(err.value)
 
 
-def test_missing_tfds_package_raises_the_same_error(monkeypatch):
-    monkeypatch.delenv("JAXNOTES_CACHE_DIR", raising=False)
+def test_missing_tfds_package_still_gives_the_download_route(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import now fails
     with pytest.raises(DatasetUnavailableError) as err:
         load("fashion_mnist", "test")
     assert_clear_error(err)
+    assert "tensorflow_datasets is not installed" in str(err.value)
 
 
-def test_decode_failure_raises_the_same_clear_error(tfds, monkeypatch):
+def test_decode_failure_falls_back_and_names_the_cause(tfds, monkeypatch):
     from jaxnotes.data import sources
 
     def needs_tensorflow(source, chunk_size):
         raise ImportError("decoding this feature needs tensorflow")
 
-    monkeypatch.delenv("JAXNOTES_CACHE_DIR", raising=False)
     monkeypatch.setattr(sources, "_materialise", needs_tensorflow)
     with tfds.testing.mock_data(num_examples=3), pytest.raises(DatasetUnavailableError) as err:
         load("fashion_mnist", "train")
     assert_clear_error(err)
     assert "could not be decoded" in str(err.value) and "needs tensorflow" in str(err.value)
+
+
+def test_the_registry_is_tfds_own_file_read_without_importing_tfds():
+    import subprocess
+
+    script = (
+        "import sys; from jaxnotes.data import download\n"
+        "entries = download.registry('fashion_mnist')\n"
+        "assert 'tensorflow_datasets' not in sys.modules\n"
+        "print(sorted(e.filename for e in entries), sum(e.size for e in entries))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "JAXNOTES_CHECKSUMS_DIR"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The published Fashion-MNIST files: four, 30,878,645 bytes together.
+    assert "'train-images-idx3-ubyte.gz'" in done.stdout and done.stdout.strip().endswith(
+        "30878645"
+    )

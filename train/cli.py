@@ -24,6 +24,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset", default="digits", help="digits (offline), fashion_mnist, mnist or idx:DIR"
     )
+    parser.add_argument(
+        "--edition",
+        choices=("classic", "d2l1"),
+        default="classic",
+        help="the book's settings: classic (the PyTorch 0.17 edition, the notes') or d2l1 (the "
+        "current d2l.ai edition); for fashion_mnist / mnist / idx: data",
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="learning rate")
@@ -110,7 +117,7 @@ def build_config(args: argparse.Namespace):
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; expected one of {', '.join(MODELS)}")
     _check_dataset_name(args.dataset)
-    settings = presets.preset(args.model, args.dataset)
+    settings = presets.preset(args.model, args.dataset, args.edition)
     overrides = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -308,5 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as error:
         return _fail(str(error), 128 + error.signum)
     if jax.process_index() == 0:
-        print(json.dumps(result.summary))
+        print(json.dumps({**result.summary, "edition": _edition(args)}))
     return 0
+
+
+def _edition(args) -> str | None:
+    """The book edition whose settings ran (None on digits, which has its own presets)."""
+    return None if args.dataset == "digits" else args.edition

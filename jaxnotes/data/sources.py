@@ -46,6 +46,7 @@ class Dataset:
     labels: np.ndarray
     num_classes: int
     name: str
+    class_names: tuple[str, ...] | None = None  # label i is class_names[i] (plots, notebooks)
 
     def __post_init__(self):
         if self.images.ndim != 4:
@@ -56,6 +57,10 @@ class Dataset:
                 f"{self.labels.shape}"
             )
         check_labels(self.labels, self.num_classes, self.name)
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes"
+            )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -67,7 +72,33 @@ class Dataset:
 
 
 class DatasetUnavailableError(RuntimeError):
-    """A TFDS data set is not prepared here and cannot be prepared (no TensorFlow or no network)."""
+    """A data set is not here and could not be fetched (offline, blocked, or a bad file)."""
+
+
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashion_mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),  # fmt: skip
+    "mnist": tuple(str(d) for d in range(10)),
+    "digits": tuple(str(d) for d in range(10)),
+}
+
+
+def data_dir_default() -> Path:
+    """Where downloaded and decoded data sets are kept: ``$JAXNOTES_DATA_DIR`` or
+    ``~/.cache/jaxnotes`` (``$XDG_CACHE_HOME`` respected)."""
+    if os.environ.get("JAXNOTES_DATA_DIR"):
+        return Path(os.environ["JAXNOTES_DATA_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxnotes"
 
 
 def check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
@@ -133,15 +164,15 @@ def load(
     """Load one split ("train" or "test") of a named data set as host arrays.
 
     data_dir: where TFDS looks for prepared data sets (default: $TFDS_DATA_DIR, then TFDS's own).
-    cache_dir: for TFDS data sets, where the decoded arrays are kept as ``.npz`` so the next run
-      skips decoding (default: $JAXNOTES_CACHE_DIR; no cache when neither is set).
+    cache_dir: for fashion_mnist and mnist, where the downloaded files and the decoded arrays
+      are kept (default: ``data_dir_default()``, i.e. $JAXNOTES_DATA_DIR or ~/.cache/jaxnotes).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     if name == "digits":
         return digits(split)
     if name in TFDS_NAMES:
-        return load_tfds(name, split, data_dir=data_dir, cache_dir=cache_dir)
+        return load_book(name, split, data_dir=data_dir, cache_dir=cache_dir)
     if name.startswith("idx:") and len(name) > 4:
         return load_idx_dir(name[4:], split)
     if name == "synthetic" or name.startswith("synthetic:"):
@@ -166,7 +197,7 @@ def digits(split: str) -> Dataset:
     test = np.zeros(len(labels), bool)
     test[np.load(Path(__file__).with_name("digits_test_indices.npy"))] = True
     idx = np.flatnonzero(test if split == "test" else ~test)
-    return Dataset(images=images[idx], labels=labels[idx], num_classes=10, name="digits")
+    return Dataset(images[idx], labels[idx], 10, "digits", CLASS_NAMES["digits"])
 
 
 def _digits_table() -> np.ndarray:
@@ -188,34 +219,90 @@ def _digits_table() -> np.ndarray:
         return np.loadtxt(handle, delimiter=",")
 
 
-# --- TFDS ---------------------------------------------------------------------------------------
+# --- Fashion-MNIST and MNIST: decoded cache, TFDS's prepared copy, or the downloaded IDX files ---
 
 
-def _unavailable_message(
+def load_book(
     name: str,
-    data_dir,
-    cause: BaseException | None,
-    can_prepare: bool = False,
-    problem: str = "is not prepared{where} and cannot be prepared here",
-) -> str:
-    where = f" in {data_dir}" if data_dir else ""
-    lines = [f"The TFDS data set {name!r} {problem.format(where=where)}."]
-    if not can_prepare:
-        lines.append("(TensorFlow is not installed: TFDS can only read an already prepared copy.)")
-    if cause is not None:
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        lines.append(f"(TFDS said: {type(cause).__name__}: {first[:300]})")
-    lines += [
-        "Three ways out:",
-        "  1. pip install 'jaxnotes[tfds]' (adds TensorFlow) and run once with network access; "
-        "TFDS then prepares the data set and later runs read it without TensorFlow;",
-        "  2. set TFDS_DATA_DIR to a directory holding a prepared copy "
-        f"(containing {name}/<version>/ in array_record format);",
-        "  3. download the four IDX files by hand and use the data set name 'idx:<dir>' "
-        "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        "t10k-labels-idx1-ubyte, each may be .gz).",
-    ]
-    return "\n".join(lines)
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset:
+    """One split of fashion_mnist or mnist, from the first of these that has it:
+
+    1. the decoded arrays kept from an earlier load (``CACHE/NAME/SPLIT.npz``);
+    2. a TFDS-prepared copy (``tfds.data_source``, no TensorFlow at run time);
+    3. the data set's four original IDX files, downloaded once into ``CACHE/NAME/`` and verified
+       against TFDS's checksum registry (``jaxnotes.data.download``), then decoded.
+
+    Raises DatasetUnavailableError listing the manual ways when all three fail.
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else data_dir_default()
+    folder = cache / name
+    stored = folder / f"{split}.npz"
+    if stored.exists():
+        return _read_npz(stored, name)
+    try:
+        dataset = load_tfds(name, split, data_dir=data_dir)
+    except DatasetUnavailableError as tfds_error:
+        splits = _from_idx_download(name, folder, tfds_error)
+        for other, data in splits.items():
+            _write_npz(folder / f"{other}.npz", data)
+        return splits[split]
+    _write_npz(stored, dataset)
+    return dataset
+
+
+def _from_idx_download(name: str, folder: Path, tfds_error: Exception) -> dict[str, Dataset]:
+    from jaxnotes.data import download
+
+    try:
+        download.fetch(download.registry(name), folder / "idx")
+    except download.DownloadError as error:
+        raise DatasetUnavailableError(
+            _unavailable_message(name, folder, error, tfds_error)
+        ) from None
+    splits = {}
+    for split in SPLITS:
+        raw = load_idx_dir(folder / "idx", split)
+        splits[split] = Dataset(raw.images, raw.labels, 10, name, CLASS_NAMES[name])
+    return splits
+
+
+def _unavailable_message(name: str, folder: Path, error: Exception, tfds_error: Exception) -> str:
+    from jaxnotes.data import download
+
+    try:
+        files = ", ".join(e.filename for e in download.registry(name))
+    except download.DownloadError:
+        files = "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-..."
+    return "\n".join(
+        [
+            f"The data set {name!r} is not here and could not be downloaded: {error}",
+            f"(no TFDS-prepared copy either: {str(tfds_error).splitlines()[0]})",
+            "Ways to get it:",
+            f"  1. with network access, run again: the four files ({files}) are downloaded "
+            f"once into {folder / 'idx'} and verified (unset JAXNOTES_OFFLINE if it is set);",
+            "  2. set JAXNOTES_DATA_MIRROR to a server or folder URL that holds the same files;",
+            "  3. put the four IDX files (.gz or not) in a folder yourself and use the data set "
+            "name 'idx:<dir>' (python -m train --dataset idx:DIR);",
+            "  4. set TFDS_DATA_DIR to a directory holding a TFDS-prepared copy "
+            f"({name}/<version>/).",
+        ]
+    )
+
+
+def _read_npz(path: Path, name: str) -> Dataset:
+    with np.load(path) as f:
+        return Dataset(f["images"], f["labels"], int(f["num_classes"]), name, CLASS_NAMES.get(name))
+
+
+def _write_npz(path: Path, dataset: Dataset) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # written then renamed: atomic
+    np.savez(tmp, images=dataset.images, labels=dataset.labels, num_classes=dataset.num_classes)
+    os.replace(tmp, path)
 
 
 def load_tfds(
@@ -223,46 +310,39 @@ def load_tfds(
     split: str,
     *,
     data_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
     chunk_size: int = 1024,
 ) -> Dataset:
-    """Read a TFDS image-classification split through ``tfds.data_source`` into arrays.
+    """Read a TFDS-prepared image-classification split through ``tfds.data_source``.
 
-    Raises DatasetUnavailableError (with the three ways out) when it is not prepared and cannot be.
+    Only reads what is prepared (preparing needs TensorFlow; ``load_book`` downloads instead).
+    Raises DatasetUnavailableError saying why when TFDS is missing, the split is not prepared,
+    or its records cannot be decoded here.
     """
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
-    cache_dir = cache_dir or os.environ.get("JAXNOTES_CACHE_DIR") or None
-    cache_file = Path(cache_dir) / f"{name}-{split}.npz" if cache_dir else None
-    if cache_file is not None and cache_file.exists():
-        with np.load(cache_file) as f:
-            return Dataset(f["images"], f["labels"], int(f["num_classes"]), name)
-
+    where = f" in {data_dir}" if data_dir else ""
     try:
         import tensorflow_datasets as tfds
-    except ImportError as err:
-        raise DatasetUnavailableError(_unavailable_message(name, data_dir, err)) from None
-    # Without TensorFlow TFDS cannot build the data set; asking it to would try the network and
-    # then fail deep inside with an unrelated ImportError, so we only read what is prepared.
-    can_prepare = importlib.util.find_spec("tensorflow") is not None
+    except ImportError:
+        raise DatasetUnavailableError("tensorflow_datasets is not installed") from None
     try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=can_prepare)
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as err:  # TFDS fails in many ways (NotImplementedError, ImportError, I/O)
-        message = _unavailable_message(name, data_dir, err, can_prepare)
-        raise DatasetUnavailableError(message) from None
+        raise DatasetUnavailableError(
+            f"TFDS has no prepared {name!r}{where} ({_first(err)})"
+        ) from None
     try:
         num_classes = int(source.dataset_info.features["label"].num_classes)
         images, labels = _materialise(source, chunk_size)
     except Exception as err:  # e.g. a decoder that needs TensorFlow, or a damaged file
-        problem = "is prepared{where} but could not be decoded here"
-        message = _unavailable_message(name, data_dir, err, can_prepare, problem)
-        raise DatasetUnavailableError(message) from None
+        raise DatasetUnavailableError(
+            f"TFDS's {name!r}{where} is prepared but could not be decoded here ({_first(err)})"
+        ) from None
+    return Dataset(images, labels, num_classes, name, CLASS_NAMES.get(name))
 
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")  # written then renamed: no half-written cache
-        np.savez(tmp, images=images, labels=labels, num_classes=num_classes)
-        os.replace(tmp, cache_file)
-    return Dataset(images=images, labels=labels, num_classes=num_classes, name=name)
+
+def _first(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
 
 
 def _materialise(source, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
