@@ -5,8 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.jaxnotes-installed
 # Python 3.12 venv for `make test-compat` (Colab and the GPU machines run 3.12 with the newest jax).
-# It leaves out the long accuracy runs (marker `accuracy`), which `make test` already ran.
+# It leaves out the long accuracy runs (marker `accuracy`), which `make test` already ran, and
+# runs the notebooks (marker `notebooks`), which `make test` leaves to it.
 COMPAT_VENV ?= .venv312
+# pytest-xdist workers: 2 suits the 2-core CI machine (1.4x the serial suite there).
+TEST_WORKERS ?= 2
 COMPAT_PYTHON ?= $(shell PYENV_VERSION=3.12.1 python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null)
 
 .PHONY: setup run test lint test-compat bench clean
@@ -26,16 +29,18 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 -m "not notebooks"
 
 test-compat:
 	@if [ -z "$(COMPAT_PYTHON)" ]; then \
+	  if [ "$$CI" = "true" ]; then \
+	    echo "test-compat: no python3.12 interpreter, and CI=true: this leg must run"; exit 1; fi; \
 	  echo "test-compat: no python3.12 interpreter on this machine; skipped"; exit 0; fi; \
 	set -e; \
 	test -x $(COMPAT_VENV)/bin/python || PYENV_VERSION=3.12.1 $(COMPAT_PYTHON) -m venv $(COMPAT_VENV); \
 	$(COMPAT_VENV)/bin/python -m pip install -q --disable-pip-version-check -U -e '.[dev]' jax flax optax chex; \
 	$(COMPAT_VENV)/bin/python -c "import sys, jax, flax, optax; print('compat:', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__)"; \
-	$(COMPAT_VENV)/bin/python -m pytest -q -m "not accuracy"
+	$(COMPAT_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --durations=15 -m "not accuracy"
 
 bench: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_reference import reference
 
 from jaxnotes.models import BOOK_INPUT_SIZE, get_model
 from jaxnotes.shapes import count_params
@@ -27,8 +28,8 @@ MODELS = throughput.MODELS
 
 
 def _torch_models():
-    # torch (CPU) is in the dev extra on Python 3.11; the 3.12 compat venv runs without it.
-    pytest.importorskip("torch")
+    # The live PyTorch twins (Python 3.11, where torch is a dev dependency); on 3.12 the
+    # values come stored (torch_reference).
     import torch_models
 
     return torch_models
@@ -55,41 +56,93 @@ def _random_params(abstract, seed: int = 0):
 def test_same_parameters_in_all_three_implementations(name):
     side = BOOK_INPUT_SIZE[name]
     ours = _abstract_params(get_model(name), side)
-    reference = _abstract_params(flax_reference.get_model(name), side)
+    reference_tree = _abstract_params(flax_reference.get_model(name), side)
     # The same tree (paths and shapes) is stronger than equal counts: layer by layer the same.
-    assert jax.tree.structure(reference) == jax.tree.structure(ours)
-    assert jax.tree.map(lambda a: a.shape, reference) == jax.tree.map(lambda a: a.shape, ours)
-    torch_models = _torch_models()
+    assert jax.tree.structure(reference_tree) == jax.tree.structure(ours)
+    shapes = lambda tree: jax.tree.map(lambda a: a.shape, tree)  # noqa: E731
+    assert shapes(reference_tree) == shapes(ours)
     expected = count_params(ours)
-    assert flax_reference.NAMES == torch_models.NAMES == MODELS
-    assert count_params(reference) == expected
-    assert torch_models.count_params(torch_models.get_model(name)) == expected
+    assert flax_reference.NAMES == MODELS
+    assert count_params(reference_tree) == expected
+
+    def torch_count(torch):
+        torch_models = _torch_models()
+        assert torch_models.NAMES == MODELS
+        return np.array([torch_models.count_params(torch_models.get_model(name))], np.int64)
+
+    assert int(reference(f"twin_params_{name}", torch_count)[0]) == expected
 
 
 # GoogLeNet and NiN end in a global average pool, so their parameters do not depend on the input
-# size: smaller inputs than the book's keep the CPU cost low and test the same layers.
-@pytest.mark.parametrize(("name", "side"), [("lenet", 28), ("googlenet", 32), ("nin", 72)])
-def test_same_function_with_the_same_weights(name, side):
-    torch_models = _torch_models()
-    import torch
+# size: smaller inputs than the book's keep the CPU cost low and test the same layers. AlexNet and
+# VGG's dense layers fix their input at the book's 224.
+TWINS = [("lenet", 28), ("googlenet", 32), ("nin", 72), ("alexnet", 224), ("vgg11_small", 224)]
 
+
+def _twin_inputs(name: str, side: int):
     model = get_model(name)
     params = _random_params(_abstract_params(model, side), seed=1)
     x = np.random.default_rng(2).uniform(size=(2, side, side, 1)).astype(np.float32)
-    # Jitted: one compilation costs less on CPU than GoogLeNet's op-by-op first run.
-    forward = lambda m, p, x: jax.jit(lambda p, x: m.apply({"params": p}, x, train=False))(p, x)
-    ours = np.asarray(forward(model, params, x))
-    got_reference = np.asarray(forward(flax_reference.get_model(name), params, x))
+    cotangent = np.random.default_rng(3).normal(size=(2, 10)).astype(np.float32)
+    samples = np.random.default_rng(4).choice(x.size, 256, replace=False)
+    return model, params, x, cotangent, samples
 
-    net = torch_models.get_model(name).eval()
-    torch_models.load_flax_params(net, model, params, (1, side, side, 1))
-    with torch.no_grad():
-        got_torch = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
 
-    assert ours.shape == (2, 10)
-    assert np.abs(ours).max() > 1e-3  # a non-trivial output (random weights, not all zero)
-    np.testing.assert_allclose(got_reference, ours, atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(got_torch, ours, atol=1e-4, rtol=1e-4)
+def _summary(logits, input_grad, kernel_grads, bias_grads, samples):
+    """What is compared: the logits, 256 entries of the input gradient, and the squared norms
+    of all kernel and all bias gradients (layout-free: PyTorch's OIHW is a permutation)."""
+    return np.concatenate(
+        [
+            np.ravel(logits),
+            np.ravel(input_grad)[samples],
+            [sum(float(np.sum(np.square(g))) for g in kernel_grads)],
+            [sum(float(np.sum(np.square(g))) for g in bias_grads)],
+        ]
+    ).astype(np.float32)
+
+
+@pytest.mark.parametrize(("name", "side"), TWINS)
+def test_same_function_and_gradient_with_the_same_weights_as_the_torch_twin(name, side):
+    model, params, x, cotangent, samples = _twin_inputs(name, side)
+
+    # Ours: the eval-mode forward and the gradient of <logits, cotangent> (inputs and weights).
+    def objective(p, x):
+        logits = model.apply({"params": p}, x, train=False)
+        return jnp.sum(logits * cotangent), logits
+
+    (_, logits), (param_grads, input_grad) = jax.jit(
+        jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+    )(params, x)
+    flat = jax.tree_util.tree_leaves_with_path(param_grads)
+    kernels = [g for path, g in flat if "kernel" in jax.tree_util.keystr(path)]
+    biases = [g for path, g in flat if "bias" in jax.tree_util.keystr(path)]
+    ours = _summary(logits, input_grad, kernels, biases, samples)
+    assert np.asarray(logits).shape == (2, 10) and np.abs(logits).max() > 1e-3
+    reference_logits = jax.jit(
+        lambda p, x: flax_reference.get_model(name).apply({"params": p}, x, train=False)
+    )(params, x)
+    np.testing.assert_allclose(reference_logits, logits, atol=1e-4, rtol=1e-4)
+
+    def torch_twin(torch):
+        torch_models = _torch_models()
+        net = torch_models.get_model(name).eval()
+        torch_models.load_flax_params(net, model, params, (1, side, side, 1))
+        image = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+        out = net(image)
+        (out * torch.from_numpy(cotangent)).sum().backward()
+        layers = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+        return _summary(
+            out.detach().numpy(),
+            image.grad.numpy().transpose(0, 2, 3, 1),
+            [m.weight.grad.numpy() for m in layers],
+            [m.bias.grad.numpy() for m in layers],
+            samples,
+        )
+
+    theirs = reference(f"twin_{name}_{side}", torch_twin)
+    scale = np.abs(theirs[:-2]).max()
+    np.testing.assert_allclose(ours[:-2], theirs[:-2], atol=1e-4 * max(scale, 1.0), rtol=1e-3)
+    np.testing.assert_allclose(ours[-2:], theirs[-2:], rtol=1e-3)  # the two gradient norms
 
 
 def test_summary_table_and_recompilation_check():

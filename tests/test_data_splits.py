@@ -33,9 +33,17 @@ def test_holdout_split_many_cases():
     assert not np.array_equal(a[1], holdout_split(100, 0.3, seed=2)[1])
 
 
-@pytest.mark.parametrize("args", [(10, 0.0, 0), (10, 1.0, 0), (1, 0.5, 0), (2, 0.9, 0)])
-def test_holdout_split_errors(args):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((10, 0.0, 0), r"test_fraction must be in \(0, 1\), got 0.0"),
+        ((10, 1.0, 0), r"test_fraction must be in \(0, 1\), got 1.0"),
+        ((1, 0.5, 0), "cannot split 1 examples with test_fraction=0.5"),
+        ((2, 0.9, 0), "cannot split 2 examples with test_fraction=0.9"),
+    ],
+)
+def test_holdout_split_errors(args, message):
+    with pytest.raises(ValueError, match=message):
         holdout_split(*args)
 
 
@@ -71,7 +79,7 @@ def test_k_fold_shuffles_with_seed():
 
 @pytest.mark.parametrize("n,k", [(10, 1), (10, 0), (5, 6)])
 def test_k_fold_errors(n, k):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"k must satisfy 2 <= k <= n, got k={k}, n={n}"):
         k_fold_indices(n, k, seed=0)
 
 
@@ -86,9 +94,17 @@ def test_time_series_split_many_cases():
     assert list(test) == [7, 8, 9] and list(train) == list(range(7))
 
 
-@pytest.mark.parametrize("n,test_size", [(10, 0), (10, 10), (10, 1.0), (10, -0.5)])
-def test_time_series_split_errors(n, test_size):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "n, test_size, message",
+    [
+        (10, 0, "test_size must satisfy 1 <= test_size < n, got 0, n=10"),
+        (10, 10, "test_size must satisfy 1 <= test_size < n, got 10, n=10"),
+        (10, 1.0, r"a fractional test_size must be in \(0, 1\), got 1.0"),
+        (10, -0.5, r"a fractional test_size must be in \(0, 1\), got -0.5"),
+    ],
+)
+def test_time_series_split_errors(n, test_size, message):
+    with pytest.raises(ValueError, match=message):
         time_series_split(n, test_size)
 
 
@@ -115,7 +131,7 @@ def test_oversample_many_cases():
         for cls in np.unique(labels):
             reps = np.bincount(idx[labels[idx] == cls], minlength=len(labels))[labels == cls]
             assert reps.max() - reps.min() <= 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"labels must be a non-empty 1-D array, got shape \(0,\)"):
         oversample_indices(np.array([], int), seed=0)
 
 

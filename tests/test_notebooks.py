@@ -153,7 +153,7 @@ def test_subset_is_fixed_and_ordered():
     a, b = nbk.subset(digits, 100, seed=3), nbk.subset(digits, 100, seed=3)
     assert len(a) == 100 and (a.labels == b.labels).all() and (a.images == b.images).all()
     assert nbk.subset(digits, None) is digits and nbk.subset(digits, 10_000) is digits
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="subset size must be >= 1, got 0"):
         nbk.subset(digits, 0)
 
 
@@ -224,7 +224,7 @@ def test_kernel_runs_this_python(tmp_path):
     assert os.path.realpath(out) == os.path.realpath(sys.executable)
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_at_small_size(name, tmp_path, monkeypatch):
     monkeypatch.setenv(nbk.ENV_VAR, "small")

@@ -1,17 +1,18 @@
-"""ops against independent references: scipy.signal, torch.nn.functional, the book's examples."""
+"""ops against independent references: scipy.signal, torch.nn.functional, the book's examples.
+
+PyTorch's values come from ``torch_reference.reference``: live on Python 3.11, stored on 3.12.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import signal
+from torch_reference import reference
 
 from jaxnotes import demo, ops
 
-
-def _torch():
-    # torch (CPU) is in the dev extra on Python 3.11; the 3.12 compat venv runs without it.
-    return pytest.importorskip("torch")
+# ---- the book's worked examples -------------------------------------------------------------
 
 
 def _edge_image() -> np.ndarray:
@@ -19,9 +20,6 @@ def _edge_image() -> np.ndarray:
     X = np.ones((6, 8), np.float32)
     X[:, 2:6] = 0
     return X
-
-
-# ---- the book's worked examples -------------------------------------------------------------
 
 
 def test_edge_detection_book_example():
@@ -136,36 +134,43 @@ def _torch_padding_grid():
 
 
 def test_multi_channel_stride_padding_match_torch_conv2d():
-    torch = _torch()
-    F = torch.nn.functional
-    for rng, (c_in, c_out, h, w, kh, kw, sh, sw, ph, pw) in _torch_padding_grid():
+    for case, (rng, (c_in, c_out, h, w, kh, kw, sh, sw, ph, pw)) in enumerate(
+        _torch_padding_grid()
+    ):
         X = rng.normal(size=(c_in, h, w)).astype(np.float32)
         K = rng.normal(size=(c_out, c_in, kh, kw)).astype(np.float32)
         ours = ops.corr2d_multi_in_out(X, K, stride=(sh, sw), padding=(ph, pw))
-        ref = F.conv2d(
-            torch.from_numpy(X)[None], torch.from_numpy(K), stride=(sh, sw), padding=(ph, pw)
-        )[0]
-        np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-4, atol=1e-4)
+
+        def torch_conv(torch, X=X, K=K, s=(sh, sw), p=(ph, pw)):
+            return torch.nn.functional.conv2d(
+                torch.from_numpy(X)[None], torch.from_numpy(K), stride=s, padding=p
+            )[0].numpy()
+
+        ref = reference(f"ops_conv2d_{case}", torch_conv)
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
         single = ops.corr2d_multi_in(X, K[0], stride=(sh, sw), padding=(ph, pw))
-        np.testing.assert_allclose(single, ref.numpy()[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(single, ref[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
 def test_pool2d_matches_torch(mode):
-    torch = _torch()
-    F = torch.nn.functional
     rng = np.random.default_rng(8)
-    for _ in range(40):
+    for case in range(40):
         c, h, w = rng.integers(1, 4), rng.integers(4, 15), rng.integers(4, 15)
         kh, kw = rng.integers(1, 5, size=2)
         sh, sw = rng.integers(1, 4, size=2)
         # torch requires padding <= half the window
         ph, pw = rng.integers(0, kh // 2 + 1), rng.integers(0, kw // 2 + 1)
         X = rng.normal(size=(c, h, w)).astype(np.float32)
-        pool = F.max_pool2d if mode == "max" else F.avg_pool2d
-        ref = pool(torch.from_numpy(X)[None], (kh, kw), stride=(sh, sw), padding=(ph, pw))[0]
+
+        def torch_pool(torch, X=X, k=(kh, kw), s=(sh, sw), p=(ph, pw)):
+            F = torch.nn.functional
+            pool = F.max_pool2d if mode == "max" else F.avg_pool2d
+            return pool(torch.from_numpy(X)[None], k, stride=s, padding=p)[0].numpy()
+
+        ref = reference(f"ops_pool2d_{mode}_{case}", torch_pool)
         ours = ops.pool2d(X, (kh, kw), mode=mode, padding=(ph, pw), stride=(sh, sw))
-        np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_max_pool_pads_with_minus_infinity():
@@ -178,8 +183,29 @@ def test_ops_jit_and_grad():
     K = jnp.ones((3, 2, 3, 3))
     jitted = jax.jit(lambda X, K: ops.corr2d_multi_in_out(X, K, stride=2, padding=1))
     np.testing.assert_allclose(jitted(X, K), ops.corr2d_multi_in_out(X, K, 2, 1), atol=1e-5)
-    grad = jax.grad(lambda X: ops.pool2d(X, 3, mode="max", padding=1, stride=1).sum())(X)
-    assert grad.shape == X.shape and bool(jnp.all(jnp.isfinite(grad)))
+    # Gradients against XLA's own ops' VJPs: lax.reduce_window (max, -inf padding) for the
+    # pool, lax.conv_general_dilated for the correlation (cotangents drawn at random, so a
+    # gradient that is right only for all-ones cotangents fails).
+    rng = np.random.default_rng(10)
+    pooled, pool_vjp = jax.vjp(lambda X: ops.pool2d(X, 3, mode="max", padding=1, stride=1), X)
+    cot = jnp.asarray(rng.normal(size=pooled.shape), jnp.float32)
+    window = lambda X: jax.lax.reduce_window(
+        X, -jnp.inf, jax.lax.max, (1, 3, 3), (1, 1, 1), ((0, 0), (1, 1), (1, 1))
+    )
+    ref_pooled, ref_vjp = jax.vjp(window, X)
+    np.testing.assert_allclose(pooled, ref_pooled)
+    np.testing.assert_allclose(pool_vjp(cot)[0], ref_vjp(cot)[0], atol=1e-6)
+
+    K = jnp.asarray(rng.normal(size=(3, 2, 3, 3)), jnp.float32)
+    ours, ours_vjp = jax.vjp(lambda X, K: ops.corr2d_multi_in_out(X, K, stride=2, padding=1), X, K)
+    conv = lambda X, K: jax.lax.conv_general_dilated(
+        X[None], K, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )[0]
+    theirs, theirs_vjp = jax.vjp(conv, X, K)
+    cot = jnp.asarray(rng.normal(size=ours.shape), jnp.float32)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    for got, expected in zip(ours_vjp(cot), theirs_vjp(cot), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 # ---- dropout and the L2 penalty ------------------------------------------------------------

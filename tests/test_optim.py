@@ -60,7 +60,7 @@ def test_coupled_sgd_is_the_same_trajectory():
     np.testing.assert_allclose(decoupled[-1]["kernel"], coupled[-1]["kernel"], atol=1e-6)
 
 
-def test_with_adam_decoupled_and_coupled_differ():
+def test_adam_coupled_is_l2_before_adam_and_decoupled_is_adamw():
     params, loss = _problem()
     decoupled = _run(optim.make_optimizer("adam", 0.05, weight_decay=0.3), params, loss)
     coupled = _run(
@@ -68,6 +68,13 @@ def test_with_adam_decoupled_and_coupled_differ():
     )
     gap = np.abs(np.asarray(decoupled[-1]["kernel"] - coupled[-1]["kernel"])).max()
     assert gap > 1e-2
+    # Coupled Adam is the L2 gradient added before Adam's scaling, built here from optax's parts
+    # (decay masked to the kernels, as ours).
+    reference = optax.chain(optax.add_decayed_weights(0.3, mask=optim.decay_mask), optax.adam(0.05))
+    expected = _run(reference, params, loss)
+    for ours, theirs in zip(coupled, expected, strict=True):
+        for name in ours:
+            np.testing.assert_allclose(ours[name], theirs[name], atol=1e-6, rtol=0)
     # and decoupled Adam is optax.adamw (which multiplies the decay by the learning rate)
     adamw = _run(optax.adamw(0.05, weight_decay=0.3, mask=optim.decay_mask), params, loss)
     np.testing.assert_allclose(decoupled[-1]["kernel"], adamw[-1]["kernel"], atol=1e-6)

@@ -129,20 +129,20 @@ def test_diverging_run_exits_1(tmp_path):
     assert "Training stopped at step" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_dropout_mlp_preset_reaches_090(tmp_path):
+def test_dropout_mlp_preset_reaches_095(tmp_path):
     done = _run(["--model", "mlp", "--no-progress"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["test_acc"] >= 0.90
+    assert json.loads(done.stdout.strip().splitlines()[-1])["test_acc"] >= 0.95
 
 
 @pytest.mark.slow
 @pytest.mark.accuracy
-def test_googlenet_digits_preset_reaches_090(tmp_path):
+def test_googlenet_digits_preset_reaches_097(tmp_path):
     # He init, aux heads, Adam 1e-3 with cosine decay, 10 epochs at 32x32: ~65 s on 2 cores.
     done = _run(["--model", "googlenet", "--no-progress", "--checkpoint-every", "0"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["test_acc"] >= 0.90, summary
+    assert summary["test_acc"] >= 0.97, summary  # measured 0.980-0.989 over seeds 0-2
     assert summary["compilations"] == 1
 
 

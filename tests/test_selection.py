@@ -34,11 +34,15 @@ def test_polynomial_data_is_the_books_formula():
 
 def test_polynomial_normal_fit_recovers_the_weights(poly):
     normal = poly["normal (4 features)"]
-    np.testing.assert_allclose(normal.weights, selection.TRUE_POLY_WEIGHTS, atol=0.15)
-    # and agrees with the least-squares solution computed by NumPy on the same data
+    # The true weights, tightly (measured within 0.026: noise sd 0.1 on 100 points).
+    np.testing.assert_allclose(normal.weights, selection.TRUE_POLY_WEIGHTS, atol=0.05)
+    # NumPy's least squares is the smallest training error there is: SGD's (400 epochs, still
+    # moving along the x^3/3! direction) is no lower, and within 10% of it (measured 5.0%).
     data = selection.polynomial_data(seed=0)
-    lstsq = np.linalg.lstsq(data.features[:100, :4], data.labels[:100], rcond=None)[0]
-    np.testing.assert_allclose(normal.weights, lstsq, atol=0.15)
+    X, y = data.features[:100, :4].astype(np.float64), data.labels[:100].astype(np.float64)
+    lstsq = np.linalg.lstsq(X, y, rcond=None)[0]
+    best, ours = np.mean((X @ lstsq - y) ** 2), np.mean((X @ normal.weights - y) ** 2)
+    assert best <= ours <= 1.10 * best
     assert normal.train_loss[-1] < 0.05 and normal.test_loss[-1] < 0.05
 
 

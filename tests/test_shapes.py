@@ -193,10 +193,12 @@ def test_summarize_rows_totals_and_mult_adds():
 
 
 def test_summarize_does_no_real_compute():
-    # A VGG-sized dense layer would take seconds and gigabytes to initialise for real.
-    big = nn.Dense(50_000)
-    summary = shapes.summarize(big, (1, 50_000))
-    assert summary.total_params == shapes.dense_params(50_000, 50_000)
+    # A dense layer of 2**21 x 2**21 inputs and outputs: 4.4e12 parameters, 17.6 TB of float32,
+    # that no machine here could initialise (this one has 24 GB). summarize must only trace it.
+    wide = 2**21
+    summary = shapes.summarize(nn.Dense(wide), (1, wide))
+    assert summary.total_params == shapes.dense_params(wide, wide) == wide * wide + wide
+    assert summary.total_params * 4 > 17e12
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ def test_train_step_equals_a_hand_written_sgd_step():
         logits = model.apply({"params": p}, batch["image"])
         return optax.softmax_cross_entropy(logits, jax.nn.one_hot(batch["label"], 10)).mean()
 
-    grads = jax.grad(reference_loss)(params)
+    grads = jax.jit(jax.grad(reference_loss))(params)  # jitted: eager LeNet costs seconds
     expected = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
     step = training.jit_train_step(training.make_train_step(model, tx))
     new_state, metrics = step(state, batch, training.empty_metrics())
@@ -57,7 +57,7 @@ def test_train_step_equals_a_hand_written_sgd_step():
         expected,
     )
     assert int(new_state.step) == 1
-    np.testing.assert_allclose(metrics["loss_sum"] / 8, reference_loss(params), rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss_sum"] / 8, jax.jit(reference_loss)(params), rtol=1e-5)
 
 
 def test_public_train_and_eval_step(digits):
@@ -172,10 +172,44 @@ def test_bf16_computes_in_bf16_and_keeps_float32_parameters(digits):
     assert abs(result.summary["train_loss"] / fp32.summary["train_loss"] - 1) < 0.15
 
 
-def test_config_validation():
-    for bad in ({"epochs": 0}, {"learning_rate": 0.0}, {"precision": "fp8"}, {"batch_size": 0}):
-        with pytest.raises(ValueError):
-            _mlp_config(**bad).validate()
+def test_config_validation_names_every_rule():
+    # Every rule of TrainConfig.validate, each with the field and the value in its message
+    # (the API sweep in tests/test_faults.py covers the same rules through fit).
+    from jaxnotes.config import _rules
+
+    cases = {
+        "epochs": (0, "epochs must be >= 1"),
+        "batch_size": (0, "batch_size must be >= 1"),
+        "eval_batch_size": (-1, "eval_batch_size must be >= 1"),
+        "learning_rate": (0.0, "learning rate must be > 0"),
+        "optimizer": ("rmsprop", "optimizer must be one of"),
+        "momentum": (1.0, r"momentum must be in \[0, 1\)"),
+        "weight_decay": (-1.0, "weight decay must be >= 0"),
+        "decoupled": ("no", "decoupled must be True or False"),
+        "schedule": ("step", "schedule must be one of constant, cosine"),
+        "model_kwargs": ([], "model_kwargs must be a dict"),
+        "resize": (0, "resize must be >= 1"),
+        "normalization": ("whiten", "normalization must be one of"),
+        "precision": ("fp8", "precision must be one of fp32, bf16"),
+        "seed": (-1, r"seed must be an integer in \[0, 2\*\*32\)"),
+        "log_every": (0, "log_every must be >= 1"),
+        "checkpoint_every": (-1, "checkpoint_every must be >= 0"),
+        "checkpoint_every_steps": (-1, "checkpoint_every_steps must be >= 0"),
+        "keep_checkpoints": (0, "keep_checkpoints must be >= 1"),
+        "divergence_factor": (0.5, "divergence_factor must be a finite number > 1"),
+        "aux_weight": (-1.0, "aux_weight must be a finite number >= 0"),
+        "devices": (0, "devices must be >= 1"),
+        "parallel": ("ddp", "parallel must be one of sharded, pmap"),
+        "steps_per_dispatch": (0, "steps_per_dispatch must be >= 1"),
+        "model": (7, "model must be a name"),
+        "dataset": ("", "dataset must be a name"),
+    }
+    for field, (value, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            _mlp_config(**{field: value}).validate()
+    with pytest.raises(ValueError, match="steps_per_dispatch > 1 runs on one device only"):
+        _mlp_config(steps_per_dispatch=2, devices=2).validate()
+    assert len(_rules(_mlp_config())) == len(cases) + 1  # no rule left untested
 
 
 def test_scanned_steps_equal_single_steps(digits):

@@ -36,18 +36,27 @@ def _config(model: str, **overrides) -> training.TrainConfig:
     return training.TrainConfig(**{**base, **overrides})
 
 
-def _train(config, train_data, placement, steps: int, model=None, raw=False):
+def _train(config, train_data, placement, steps: int, model=None, raw=False, every=None):
     """``steps`` training steps on the same global batches; returns params (host) and metrics.
 
-    With ``raw`` the placed state itself comes back (pmap: one copy per device)."""
+    With ``raw`` the placed state itself comes back (pmap: one copy per device); with ``every``
+    a list of (variables, metrics) after each of those step counts (one compile for all)."""
     parts = training.build(config, train_data, placement, model=model)
     state = training.create_train_state(
         parts["model"], parts["tx"], parts["input_shape"], config.seed
     )
     state, metrics = placement.put(state), placement.put(training.empty_metrics())
     batches = data.train_batches(train_data, config.batch_size, seed=0, epoch=0)
-    for _, batch in zip(range(steps), placement.batches(batches), strict=False):
+    snapshots = []
+    for done, batch in enumerate(placement.batches(batches), start=1):
         state, metrics = parts["train_step"](state, batch, metrics)
+        if every and done in every:
+            variables = {"params": state.params, **state.model_state}
+            snapshots.append((placement.host(variables), placement.host(metrics)))
+        if done == steps:
+            break
+    if every:
+        return snapshots
     if raw:
         return state
     variables = {"params": state.params, **state.model_state}
@@ -55,19 +64,22 @@ def _train(config, train_data, placement, steps: int, model=None, raw=False):
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet"])  # with dropout and without
-@pytest.mark.parametrize("steps", [1, 10])
 @pytest.mark.parametrize("path", ["sharded", "pmap"])
-def test_four_devices_equal_one(digits, model, steps, path):
+def test_four_devices_equal_one(digits, model, path):
+    # After 1 and after 10 steps, from one compiled step per placement.
     config = _config(model)
-    reference, ref_metrics = _train(config, digits[0], parallel.SingleDevice(), steps)
+    reference = _train(config, digits[0], parallel.SingleDevice(), 10, every=(1, 10))
     placement = parallel.make_placement(4, path)
     assert placement.num_devices == 4
-    params, metrics = _train(config, digits[0], placement, steps)
-    for ours, ref in zip(jax.tree.leaves(params), jax.tree.leaves(reference), strict=True):
-        np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(metrics["loss_sum"], ref_metrics["loss_sum"], rtol=1e-5)
-    assert float(metrics["correct"]) == float(ref_metrics["correct"])
-    assert float(metrics["count"]) == 32 * steps
+    ours = _train(config, digits[0], placement, 10, every=(1, 10))
+    for steps, (params, metrics), (ref_params, ref_metrics) in zip(
+        (1, 10), ours, reference, strict=True
+    ):  # noqa: E501
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(metrics["loss_sum"], ref_metrics["loss_sum"], rtol=1e-5)
+        assert float(metrics["correct"]) == float(ref_metrics["correct"])
+        assert float(metrics["count"]) == 32 * steps
 
 
 def test_batchnorm_model_on_four_sharded_devices_equals_one(digits):
@@ -132,7 +144,7 @@ def test_runner_with_four_devices_matches_one(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     summaries = {}
     for devices in (1, 4):
-        args = ["--epochs", "3", "--devices", str(devices), "--no-progress"]
+        args = ["--epochs", "1", "--devices", str(devices), "--no-progress"]
         assert cli.main([*args, "--workdir", f"d{devices}"]) == 0
         summaries[devices] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     one, four = summaries[1], summaries[4]
@@ -179,10 +191,14 @@ def test_two_processes_train_like_one(digits, tmp_path):
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-3000:]
     per_process = [dict(np.load(tmp_path / f"params_{i}.npz")) for i in range(2)]
-    # The single-process reference: the same config on 4 local devices, and on one device.
+    # The reference: the same settings in ONE process on ONE device (no mesh, no collectives).
+    import dataclasses
+
     from two_process_worker import CONFIG  # noqa: E402 (same settings as the workers)
 
-    single = training.fit(CONFIG, train_data=digits[0], test_data=digits[1], log=lambda s: None)
+    alone = dataclasses.replace(CONFIG, devices=1)
+    single = training.fit(alone, train_data=digits[0], test_data=digits[1], log=lambda s: None)
+    assert single.summary["devices"] == 1
     reference = {
         "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
         for path, leaf in jax.tree_util.tree_leaves_with_path(single.state.params)
@@ -192,7 +208,61 @@ def test_two_processes_train_like_one(digits, tmp_path):
         np.testing.assert_array_equal(per_process[0][name], per_process[1][name])
         np.testing.assert_allclose(per_process[0][name], reference[name], atol=1e-5, rtol=1e-5)
     assert "process 0 of 2" in outputs[0] and "process 1 of 2" in outputs[1]
-    assert (tmp_path / "run" / "metrics.jsonl").exists()  # written by process 0
+    # The metrics process 0 wrote are the single run's, epoch by epoch.
+    written = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]  # noqa: E501
+    assert len(written) == len(single.history) == CONFIG.epochs
+    for ours, ref in zip(written, single.history, strict=True):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert ours[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
+    # Only process 0 wrote the run's files (history, summary, plot).
+    assert "files written by process 1: 0" in outputs[1], outputs[1][-1500:]
+    written_by_0 = int(outputs[0].rsplit("files written by process 0: ", 1)[1].split()[0])
+    assert written_by_0 >= CONFIG.epochs + 2  # metrics per epoch, the summary, the plot
+
+
+def test_pmap_through_fit_equals_the_sharded_path_and_resumes_on_four_devices(digits, tmp_path):
+    config = _config("mlp", epochs=2, devices=4)  # dropout: per-example keys on both paths
+    run = lambda cfg, workdir=None, **kw: training.fit(  # noqa: E731
+        cfg, workdir, train_data=digits[0], test_data=digits[1], log=lambda s: None, **kw
+    )
+    sharded = run(config)
+    pmapped = run(dataclasses_replace(config, parallel="pmap"))
+    assert pmapped.summary["devices"] == 4
+    for a, b in zip(
+        jax.tree.leaves(sharded.state.params), jax.tree.leaves(pmapped.state.params), strict=True
+    ):  # noqa: E501
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert pmapped.history[-1]["test_acc"] == sharded.history[-1]["test_acc"]
+    # Resume on 4 devices under pmap: 1 epoch, then on to 2, equals the straight 2 epochs.
+    pmap_config = dataclasses_replace(config, parallel="pmap")
+    run(dataclasses_replace(pmap_config, epochs=1), tmp_path / "split")
+    resumed = run(pmap_config, tmp_path / "split", resume=True)
+    for a, b in zip(
+        jax.tree.leaves(pmapped.state.params), jax.tree.leaves(resumed.state.params), strict=True
+    ):  # noqa: E501
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_the_runner_with_pmap_matches_the_sharded_runner(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    summaries = {}
+    for path in ("sharded", "pmap"):
+        args = ["--model", "mlp", "--epochs", "1", "--devices", "4", "--parallel", path]
+        assert cli.main([*args, "--no-progress", "--workdir", path]) == 0
+        summaries[path] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summaries["pmap"]["devices"] == 4
+    assert summaries["pmap"]["test_acc"] == summaries["sharded"]["test_acc"]
+    assert summaries["pmap"]["train_loss"] == pytest.approx(
+        summaries["sharded"]["train_loss"], rel=1e-5
+    )
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
 
 
 def test_a_population_split_over_four_devices_equals_one_device(digits):

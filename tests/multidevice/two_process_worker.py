@@ -1,7 +1,8 @@
 """One process of the 2-process test: ``python two_process_worker.py HOST:PORT ID OUTDIR``.
 
 Each process owns 2 CPU devices (JAX_NUM_CPU_DEVICES=2), reads only its half of every global
-batch and trains on the 4-device mesh; it saves the parameters it ends with to OUTDIR.
+batch and trains on the 4-device mesh; it saves the parameters it ends with to OUTDIR and
+prints how many files it wrote itself (only process 0 may write the run's logs and plots).
 """
 
 import sys
@@ -23,8 +24,17 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from jaxnotes import training
+    from jaxnotes import plots, training
 
+    writes = []  # every run file this process writes (history, summary, plot)
+    for module, name in ((training, "_write_text"), (plots, "learning_curves")):
+        original = getattr(module, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            writes.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(module, name, counted)
     print(f"process {jax.process_index()} of {jax.process_count()}", flush=True)
     result = training.fit(CONFIG, outdir / "run")
     params = {
@@ -32,6 +42,7 @@ def main() -> None:
         for path, leaf in jax.tree_util.tree_leaves_with_path(parallel.to_host(result.state.params))
     }
     np.savez(outdir / f"params_{process_id}.npz", **params)
+    print(f"files written by process {process_id}: {len(writes)}", flush=True)
 
 
 if __name__ == "__main__":
