@@ -12,7 +12,7 @@ COMPAT_VENV ?= .venv312
 TEST_WORKERS ?= 2
 COMPAT_PYTHON ?= $(shell PYENV_VERSION=3.12.1 python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null)
 
-.PHONY: setup run test lint test-compat bench clean
+.PHONY: setup run test lint test-compat notebooks bench clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ test-compat:
 	$(COMPAT_VENV)/bin/python -m pip install -q --disable-pip-version-check -U -e '.[dev]' jax flax optax chex; \
 	$(COMPAT_VENV)/bin/python -c "import sys, jax, flax, optax; print('compat:', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__)"; \
 	$(COMPAT_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --durations=15 -m "not accuracy"
+
+# Rebuild the notebooks from colab/src and execute them at the small size (the stored outputs).
+# Runs on the 3.12 venv when there is one (Colab's Python), else on .venv. NB=07_lenet: just one.
+notebooks: setup
+	$(if $(wildcard $(COMPAT_VENV)/bin/python),$(COMPAT_VENV),$(VENV))/bin/python colab/build.py $(NB)
 
 bench: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -189,3 +189,107 @@ def sweep_panels(
             ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def signed_maps(
+    arrays: Sequence[Any],
+    titles: Sequence[str] | None = None,
+    path: str | os.PathLike | None = None,
+    ncols: int = 8,
+    title: str | None = None,
+):
+    """Kernels or feature maps on ONE zero-centred diverging scale with a colour bar.
+
+    Red is positive, blue negative, white zero, the same for every panel (so their magnitudes
+    compare): what a learned edge kernel or a feature map's sign means is visible at a glance.
+    """
+    plt = pyplot()
+    arrays = [np.asarray(a, np.float64) for a in arrays]
+    limit = max(float(np.abs(a).max()) for a in arrays) or 1.0
+    ncols = max(1, min(ncols, len(arrays)))
+    nrows = -(-len(arrays) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(1.5 * ncols + 0.8, 1.5 * nrows + 0.5), squeeze=False,
+        layout="constrained",  # room for the title above the panels' titles, and the bar
+    )  # fmt: skip
+    image = None
+    for index, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if index >= len(arrays):
+            ax.axis("off")
+            continue
+        image = ax.imshow(arrays[index], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=8)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def labelled_images(
+    images: np.ndarray,
+    labels: Sequence[int],
+    class_names: Sequence[str] | None = None,
+    predictions: Sequence[int] | None = None,
+    path: str | os.PathLike | None = None,
+    ncols: int = 8,
+):
+    """A grid of images titled with their class names; with ``predictions``, "predicted
+    (true)" and the mistakes in red."""
+    plt = pyplot()
+    images = np.asarray(images)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(10**3)]
+    ncols = max(1, min(ncols, len(images)))
+    nrows = -(-len(images) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.35 * ncols, 1.75 * nrows), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index >= len(images):
+            continue
+        ax.imshow(np.squeeze(images[index]), cmap="gray_r")
+        truth = names[int(labels[index])]
+        if predictions is None:
+            ax.set_title(truth, fontsize=7)
+            continue
+        guess = names[int(predictions[index])]
+        wrong = int(predictions[index]) != int(labels[index])
+        ax.set_title(f"{guess}\n({truth})" if wrong else guess, fontsize=7,
+                     color="crimson" if wrong else "black")  # fmt: skip
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def block_diagram(
+    paths: Sequence[Sequence[str]],
+    title: str,
+    output: str = "concatenate on channels",
+    path: str | os.PathLike | None = None,
+):
+    """A block as boxes and arrows: each of ``paths`` is a column of layers from the input
+    down; several paths meet in ``output`` (Inception), one path runs straight (VGG, NiN)."""
+    plt = pyplot()
+    depth = max(len(p) for p in paths)
+    fig, ax = plt.subplots(figsize=(2.3 * len(paths) + 0.6, 0.75 * (depth + 2) + 0.4))
+    ax.set_xlim(-0.5, len(paths) - 0.5)
+    ax.set_ylim(-1.5, depth + 0.8)
+    ax.axis("off")
+    box = dict(boxstyle="round,pad=0.3", fc="#eef3fb", ec="#3465a4")
+    centre = (len(paths) - 1) / 2
+    ax.text(centre, depth + 0.4, "input", ha="center", va="center", bbox=dict(box, fc="white"))
+    for column, layers in enumerate(paths):
+        ax.annotate("", (column, depth - 0.3), (centre, depth + 0.15),
+                    arrowprops=dict(arrowstyle="->", color="gray"))  # fmt: skip
+        for row, layer in enumerate(layers):
+            y = depth - 0.6 - row
+            ax.text(column, y, layer, ha="center", va="center", fontsize=8, bbox=box)
+            if row:
+                ax.annotate("", (column, y + 0.3), (column, y + 0.7),
+                            arrowprops=dict(arrowstyle="->", color="gray"))  # fmt: skip
+        ax.annotate("", (centre, -0.85), (column, depth - 0.9 - (len(layers) - 1)),
+                    arrowprops=dict(arrowstyle="->", color="gray"))  # fmt: skip
+    ax.text(centre, -1.1, output, ha="center", va="center", bbox=dict(box, fc="white"))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -988,6 +988,7 @@ def fit(
     train_data=None,
     test_data=None,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Train and evaluate ``config``; write metrics, plots and checkpoints to ``workdir``.
 
@@ -1012,6 +1013,8 @@ def fit(
         run raises ``jaxnotes.workdir.WorkdirError``.
       train_data, test_data: ``jaxnotes.data.Dataset``s; loaded from ``config.dataset`` if None.
       log: where the one-line-per-epoch report goes.
+      on_epoch: called with each epoch's record (epoch, train_loss, train_acc, test_loss,
+        test_acc, ...) as it is made, e.g. to draw live curves in a notebook.
 
     Raises:
       TypeError: ``model`` is not a Flax module.
@@ -1034,6 +1037,8 @@ def fit(
                 for epoch in range(session.step // run.steps_per_epoch, run.config.epochs):
                     train = _train_epoch(run, session, epoch, stop)
                     _end_epoch(run, session, epoch, train, start_time)
+                    if on_epoch is not None and run.primary:
+                        on_epoch(dict(session.history[-1]))
                     if stop.signum is not None:
                         host = run.placement.host(session.metrics)
                         _stop_on_interrupt(run, session, epoch + 1, host, stop)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from train import presets
+from jaxnotes import presets
 
 MODELS = ("mlp", "lenet", "alexnet", "vgg11", "vgg11_small", "vgg16", "nin", "googlenet")
 

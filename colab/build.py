@@ -1,0 +1,158 @@
+"""Build the chapter notebooks from their sources: ``colab/src/NN_name.py`` -> ``NN_name.ipynb``.
+
+    python colab/build.py              # rebuild every notebook and execute it (stored outputs)
+    python colab/build.py 07_lenet     # just these
+    python colab/build.py --check      # exit 1 if a notebook does not match its source
+
+A source is a jupytext "percent" script, a plain Python file people can run, edit and lint.
+Its cell tagged ``setup`` is replaced by the shared set-up cell (``src/_setup.py``, with this
+release's version and the notebook's models filled in). The notebook is then executed at the
+small size on this machine (the stored outputs a reader sees on GitHub and on Colab before
+running anything) and its metadata records a hash of its code cells, so ``--check`` (run by
+the tests) knows whether the stored outputs belong to the current source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SOURCES = HERE / "src"
+COLAB_URL = "https://colab.research.google.com/github/jaxnotes/jaxnotes/blob/main/colab/{}.ipynb"
+# The models each chapter trains at the book size (the set-up cell's CPU estimate).
+MODELS = {
+    "03_dropout": ("mlp",),
+    "07_lenet": ("lenet",),
+    "08_vgg": ("alexnet", "vgg11_small"),
+    "09_nin": ("nin",),
+    "10_googlenet": ("googlenet",),
+}
+GPU = ("07_lenet", "08_vgg", "09_nin", "10_googlenet")  # Colab opens these on a GPU runtime
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in SOURCES.glob("[0-9][0-9]_*.py"))
+
+
+def _tuple(names: tuple[str, ...]) -> str:
+    """A tuple of strings as ruff formats it (double quotes)."""
+    quoted = [f'"{name}"' for name in names]
+    return f"({quoted[0]},)" if len(quoted) == 1 else f"({', '.join(quoted)})"
+
+
+def setup_cell(name: str) -> str:
+    import jaxnotes
+
+    text = (SOURCES / "_setup.py").read_text().split("\n", 1)[1]  # without its "# %%" line
+    filled = {
+        'VERSION = "0.0.0"': f'VERSION = "{jaxnotes.__version__}"',
+        "MODELS = ()": f"MODELS = {_tuple(MODELS.get(name, ()))}",
+    }
+    for placeholder, value in filled.items():
+        assert placeholder in text, f"_setup.py lost its line {placeholder!r}"
+        text = text.replace(placeholder, value)
+    return text.strip()
+
+
+def code_hash(notebook) -> str:
+    """The code cells' sources: what the stored outputs were computed from."""
+    digest = hashlib.sha256()
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            digest.update(cell.source.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def from_source(name: str):
+    """The notebook ``name`` built from its source, not executed."""
+    import jupytext
+    import nbformat
+
+    notebook = jupytext.read(SOURCES / f"{name}.py", fmt="py:percent")
+    for index, cell in enumerate(notebook.cells):
+        if "setup" in cell.metadata.get("tags", []):
+            notebook.cells[index] = nbformat.v4.new_code_cell(setup_cell(name))
+        notebook.cells[index].id = f"cell-{index:02d}"
+        notebook.cells[index].metadata.pop("lines_to_next_cell", None)
+    notebook.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+        "colab": {"provenance": [], "toc_visible": True},
+        "jaxnotes": {"source": f"colab/src/{name}.py", "code_hash": code_hash(notebook)},
+    }
+    if name in GPU:
+        notebook.metadata["accelerator"] = "GPU"
+    return notebook
+
+
+def execute(notebook, timeout: int = 1800):
+    """Run every cell at the small size in a fresh kernel (this interpreter's environment)."""
+    from nbclient import NotebookClient
+
+    os.environ["JAXNOTES_SIZE"] = "small"
+    NotebookClient(notebook, timeout=timeout, kernel_name="python3").execute()
+    return notebook
+
+
+def _cells(notebook) -> list[tuple[str, str]]:
+    return [(cell.cell_type, cell.source) for cell in notebook.cells]
+
+
+def _outputs(notebook, kind: str) -> list[int]:
+    """Indices of the code cells with an output of type ``kind`` ("error", ...)."""
+    return [
+        index
+        for index, cell in enumerate(notebook.cells)
+        if any(out.get("output_type") == kind for out in cell.get("outputs", []))
+    ]
+
+
+def mismatch(name: str) -> str | None:
+    """Why ``colab/name.ipynb`` does not belong to its source (None: it does)."""
+    import nbformat
+
+    path = HERE / f"{name}.ipynb"
+    if not path.exists():
+        return "the notebook is missing"
+    stored = nbformat.read(path, as_version=4)
+    fresh = from_source(name)
+    if _cells(stored) != _cells(fresh):
+        return "its cells differ from the source"
+    if stored.metadata.get("jaxnotes", {}).get("code_hash") != code_hash(fresh):
+        return "its stored outputs were computed from another source"
+    code = [i for i, cell in enumerate(stored.cells) if cell.cell_type == "code"]
+    unrun = [i for i in code if not stored.cells[i].get("execution_count")]
+    if unrun:
+        return f"code cells {unrun} carry no outputs (not executed)"
+    if errors := _outputs(stored, "error"):
+        return f"code cells {errors} stored an error"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import nbformat
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="notebooks to build (default: all)")
+    parser.add_argument("--check", action="store_true", help="only check, write nothing")
+    args = parser.parse_args(argv)
+    chosen = args.names or names()
+    if args.check:
+        problems = {name: mismatch(name) for name in chosen}
+        problems = {name: why for name, why in problems.items() if why}
+        for name, why in problems.items():
+            print(f"{name}.ipynb: {why}; run: python colab/build.py {name}", file=sys.stderr)
+        return 1 if problems else 0
+    for name in chosen:
+        notebook = execute(from_source(name))
+        nbformat.write(notebook, HERE / f"{name}.ipynb")
+        print(f"built {name}.ipynb", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
