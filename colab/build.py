@@ -3,13 +3,15 @@
     python colab/build.py              # rebuild every notebook and execute it (stored outputs)
     python colab/build.py 07_lenet     # just these
     python colab/build.py --check      # exit 1 if a notebook does not match its source
+    python colab/build.py --size book  # the stored outputs at the book size (a GPU machine)
 
 A source is a jupytext "percent" script, a plain Python file people can run, edit and lint.
 Its cell tagged ``setup`` is replaced by the shared set-up cell (``src/_setup.py``, with this
 release's version and the notebook's models filled in). The notebook is then executed at the
-small size on this machine (the stored outputs a reader sees on GitHub and on Colab before
-running anything) and its metadata records a hash of its code cells, so ``--check`` (run by
-the tests) knows whether the stored outputs belong to the current source.
+small size on this machine, or with ``--size book`` on a GPU machine (the stored outputs a
+reader sees on GitHub and on Colab before running anything), and its metadata records a hash
+of its code cells, so ``--check`` (run by the tests) knows whether the stored outputs belong to
+the current source.
 """
 
 from __future__ import annotations
@@ -89,11 +91,11 @@ def from_source(name: str):
     return notebook
 
 
-def execute(notebook, timeout: int = 1800):
-    """Run every cell at the small size in a fresh kernel (this interpreter's environment)."""
+def execute(notebook, size: str = "small", timeout: int = 1800):
+    """Run every cell at ``size`` in a fresh kernel (this interpreter's environment)."""
     from nbclient import NotebookClient
 
-    os.environ["JAXNOTES_SIZE"] = "small"
+    os.environ["JAXNOTES_SIZE"] = size
     NotebookClient(notebook, timeout=timeout, kernel_name="python3").execute()
     return notebook
 
@@ -139,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="notebooks to build (default: all)")
     parser.add_argument("--check", action="store_true", help="only check, write nothing")
+    parser.add_argument(
+        "--size", choices=("small", "book"), default="small",
+        help="the size the stored outputs run at (book: on a GPU machine)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     chosen = args.names or names()
     if args.check:
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}.ipynb: {why}; run: python colab/build.py {name}", file=sys.stderr)
         return 1 if problems else 0
     for name in chosen:
-        notebook = execute(from_source(name))
+        notebook = execute(from_source(name), args.size)
         nbformat.write(notebook, HERE / f"{name}.ipynb")
         print(f"built {name}.ipynb", flush=True)
     return 0

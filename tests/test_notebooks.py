@@ -161,8 +161,8 @@ def test_notebook_structure(name):
     # The first output states size, device, versions and date.
     first = _text(setup.outputs).splitlines()[-1]
     assert re.fullmatch(
-        r"size small \| .+ \(cpu\) \| jaxnotes [\d.]+, jax [\d.]+, flax [\d.]+, optax [\d.]+ "
-        r"\| \d{4}-\d\d-\d\d",
+        r"size (small|book) \| .+ \((cpu|gpu|tpu)\) \| "
+        r"jaxnotes [\d.]+, jax [\d.]+, flax [\d.]+, optax [\d.]+ \| \d{4}-\d\d-\d\d",
         first,
     ), first
     last = [cell for cell in notebook.cells if cell.cell_type == "code"][-1]

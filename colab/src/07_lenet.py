@@ -54,7 +54,7 @@ class LeNet(nn.Module):
     num_classes: int = 10
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):  # `train`: what fit passes (no dropout here)
         x = nn.sigmoid(nn.Conv(6, (5, 5), padding=2)(x))
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = nn.sigmoid(nn.Conv(16, (5, 5), padding=0)(x))
@@ -112,14 +112,15 @@ print(f"{summary.total_macs:,} mult-adds per image, {conv_share:.0%} of them in 
 # %% [markdown]
 # ## Training
 #
-# `nbk.run_chapter_training("lenet", curves=...)` trains the package's LeNet with the
-# chapter's settings for the current size (`jaxnotes.training.fit`: forward, loss, backward and
-# update in one jitted step) and draws the learning curves as the epochs finish. The sigmoid
+# `nbk.run_chapter_training("lenet", model_object=LeNet(), curves=...)` trains the LeNet we
+# wrote on the page, with the chapter's settings for the current size
+# (`jaxnotes.training.fit` takes any Flax module: forward, loss, backward and update in one
+# jitted step) and draws the learning curves as the epochs finish. The sigmoid
 # network starts on a plateau (every unit near 0.5, small gradients); at the small size Adam
 # gets it off quickly, the book's plain SGD with a large learning rate more slowly.
 
 # %%
-result, seconds = nbk.run_chapter_training("lenet", curves="LeNet")
+result, seconds = nbk.run_chapter_training("lenet", model_object=LeNet(), curves="LeNet")
 history = result.history
 test_acc = result.summary["test_acc"]
 print(f"test accuracy {test_acc:.3f} after {len(history)} epochs ({seconds:.1f} s)")
