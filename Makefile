@@ -29,7 +29,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15 -m "not notebooks"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 -m "not notebooks"
 
 test-compat:
 	@if [ -z "$(COMPAT_PYTHON)" ]; then \
@@ -40,7 +40,7 @@ test-compat:
 	test -x $(COMPAT_VENV)/bin/python || PYENV_VERSION=3.12.1 $(COMPAT_PYTHON) -m venv $(COMPAT_VENV); \
 	$(COMPAT_VENV)/bin/python -m pip install -q --disable-pip-version-check -U -e '.[dev]' jax flax optax chex; \
 	$(COMPAT_VENV)/bin/python -c "import sys, jax, flax, optax; print('compat:', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__)"; \
-	$(COMPAT_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15 -m "not accuracy"
+	$(COMPAT_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --durations=15 -m "not accuracy"
 
 # Rebuild the notebooks from colab/src and execute them at the small size (the stored outputs).
 # Runs on the 3.12 venv when there is one (Colab's Python), else on .venv. NB=07_lenet: just one.

@@ -183,6 +183,7 @@ SMOKE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_throughput_smoke_run_without_grain_and_tfds(tmp_path):
     args = ["--models", "lenet", "--steps", "2", "--batch", "8", "--epoch-examples", "64"]
     args += ["--warmup", "1", "--repeats", "1", "--peak-size", "128"]

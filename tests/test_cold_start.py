@@ -44,6 +44,7 @@ def _params(summary, cwd):
     return jax.tree.leaves(state["state"]["params"])
 
 
+@pytest.mark.slow
 def test_the_compilation_cache_gives_bit_identical_results(tmp_path):
     off = _run([*QUICK, "--workdir", "off"], tmp_path)
     cold = _run([*QUICK, "--workdir", "cold"], tmp_path, cache=tmp_path / "xla")
@@ -60,6 +61,7 @@ def test_the_compilation_cache_gives_bit_identical_results(tmp_path):
         np.testing.assert_array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_a_run_compiles_three_programs_and_a_resume_no_more(tmp_path):
     # init, the train step and the eval step: nothing eager compiles behind the user's back.
     first = _run([*QUICK, "--epochs", "1", "--workdir", "w"], tmp_path)

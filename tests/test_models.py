@@ -537,6 +537,7 @@ def test_kernel_variance_follows_the_initialiser_formula(name, weight_init):
         assert "aux_4a" in params and "aux_4d" in params  # the heads' kernels were checked too
 
 
+@pytest.mark.slow
 def test_he_init_keeps_googlenets_activations_alive():
     """Why the digits preset trains GoogLeNet from He init: the mean square of the Inception
     outputs at init, on unit-variance input. Xavier halves a ReLU layer's signal, so it decays

@@ -10,6 +10,7 @@ import pytest
 from jaxnotes import parallel
 
 
+@pytest.mark.slow
 def test_multidevice_suite_on_four_fake_cpu_devices():
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "4", "JAXNOTES_MULTIDEVICE": "1"}
     suite = Path(__file__).parent / "multidevice"

@@ -420,6 +420,7 @@ def test_a_coordinator_that_never_answers_times_out_with_exit_2(tmp_path):
     assert "no answer from the coordinator" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
     args = [
         sys.executable,

@@ -52,6 +52,7 @@ def _final_params(workdir: Path):
     return step, restored["state"]["params"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     # 3 epochs of 78 steps, a checkpoint every 20 steps: killed after the first one lands.
     args = ["--epochs", "3", "--checkpoint-every-steps", "20", "--no-progress"]

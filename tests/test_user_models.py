@@ -236,6 +236,7 @@ def test_resume_with_another_module_names_the_first_differing_path(digits, tmp_p
         )
 
 
+@pytest.mark.slow
 def test_killed_batchnorm_run_resumes_bit_identical(digits, tmp_path):
     # 3 epochs of 39 steps, a checkpoint every 20 steps; killed after step 20's lands.
     worker = [sys.executable, str(HERE / "user_model_worker.py")]
