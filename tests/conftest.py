@@ -35,17 +35,3 @@ os.environ["JAXNOTES_OFFLINE"] = "1"
 def _private_data_dir(tmp_path, monkeypatch):
     """Each test keeps downloaded and decoded data sets to itself (never ~/.cache/jaxnotes)."""
     monkeypatch.setenv("JAXNOTES_DATA_DIR", str(tmp_path / "jaxnotes-data"))
-
-
-def pytest_collection_modifyitems(config, items):
-    """Longest first: the notebook runs, accuracy runs and slow tests start before the rest, so
-    the short tests fill both xdist workers at the end instead of one long test running alone
-    (the same order in every worker, as xdist requires)."""
-    weight = {"notebooks": 0, "accuracy": 1, "slow": 2}
-
-    def rank(item) -> int:
-        return min((weight[m.name] for m in item.iter_markers() if m.name in weight), default=3)
-
-    # Stable: collection order within a rank, but the later (deeper, longer) chapters first.
-    notebooks = sorted((i for i in items if rank(i) == 0), key=lambda i: i.name, reverse=True)
-    items[:] = notebooks + sorted((i for i in items if rank(i) > 0), key=rank)
