@@ -639,26 +639,12 @@ def test_inception_block_matches_torch():
     params = block.init(KEY, x)["params"]
 
     def torch_inception(torch):
-        tnn = torch.nn
+        # d2l's PyTorch block, the one the benchmarks' twins are built from.
+        import sys
+        from pathlib import Path
 
-        class TorchInception(tnn.Module):
-            def __init__(self, c_in, c1, c2, c3, c4):
-                super().__init__()
-                self.p1_1 = tnn.Conv2d(c_in, c1, kernel_size=1)
-                self.p2_1 = tnn.Conv2d(c_in, c2[0], kernel_size=1)
-                self.p2_2 = tnn.Conv2d(c2[0], c2[1], kernel_size=3, padding=1)
-                self.p3_1 = tnn.Conv2d(c_in, c3[0], kernel_size=1)
-                self.p3_2 = tnn.Conv2d(c3[0], c3[1], kernel_size=5, padding=2)
-                self.p4_1 = tnn.MaxPool2d(kernel_size=3, stride=1, padding=1)
-                self.p4_2 = tnn.Conv2d(c_in, c4, kernel_size=1)
-
-            def forward(self, x):
-                relu = torch.relu
-                p1 = relu(self.p1_1(x))
-                p2 = relu(self.p2_2(relu(self.p2_1(x))))
-                p3 = relu(self.p3_2(relu(self.p3_1(x))))
-                p4 = relu(self.p4_2(self.p4_1(x)))
-                return torch.cat((p1, p2, p3, p4), dim=1)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+        from torch_models import Inception as TorchInception
 
         net = TorchInception(c_in, *config)
         for name in ["p1_1", "p2_1", "p2_2", "p3_1", "p3_2", "p4_2"]:
