@@ -250,28 +250,17 @@ def _tx_factory(config: TrainConfig, members: Sequence[Member]):
     return tx_for
 
 
-def _build(config, members, module, train_data, eval_data, devices) -> _Population:
-    from jaxnotes import data as jdata
+def _indices(members: Sequence[Member], train_data, eval_data):
+    """Each member's training and evaluation example indices (the whole split when None)."""
+    every = lambda data, chosen: np.arange(len(data)) if chosen is None else np.asarray(chosen)
+    subsets = [every(train_data, m.train_indices) for m in members]
+    eval_subsets = [every(eval_data, m.eval_indices) for m in members]
+    return subsets, eval_subsets
 
-    placement = parallel.LeadingAxisSharded(devices)
-    if len(members) % devices:
-        raise ValueError(
-            f"{len(members)} members do not divide over {devices} devices; use a multiple of "
-            f"{devices} members"
-        )
-    fns = modules.as_model(module)
-    input_shape = training._input_shape(config, train_data, eval_data)
-    modules.check_outputs(fns, input_shape, training._num_classes(train_data, eval_data))
-    modules.check_memory(fns, input_shape, config.batch_size * len(members) // devices)
-    subsets = [
-        np.arange(len(train_data)) if m.train_indices is None else np.asarray(m.train_indices)
-        for m in members
-    ]
-    eval_subsets = [
-        np.arange(len(eval_data)) if m.eval_indices is None else np.asarray(m.eval_indices)
-        for m in members
-    ]
-    steps = np.array([len(s) // config.batch_size for s in subsets])
+
+def _hyper(config, members: Sequence[Member], module, steps: np.ndarray):
+    """The members' traced settings, one float32 array per name in HYPER (plus each member's
+    total steps), and the module field the dropout rate goes into (None: not traced)."""
     rates = [m.settings(config) for m in members]
     traced_dropout = any(r["dropout"] is not None for r in rates)
     field = _dropout_field(module) if traced_dropout else None
@@ -283,11 +272,25 @@ def _build(config, members, module, train_data, eval_data, devices) -> _Populati
         for name in HYPER
     }
     hyper["total_steps"] = (config.epochs * steps).astype(np.int32)
+    return hyper, field
+
+
+def _build(config, members, module, train_data, eval_data, devices) -> _Population:
+    placement = parallel.LeadingAxisSharded(devices)
+    if len(members) % devices:
+        raise ValueError(
+            f"{len(members)} members do not divide over {devices} devices; use a multiple of "
+            f"{devices} members"
+        )
+    fns = modules.as_model(module)
+    input_shape = training._input_shape(config, train_data, eval_data)
+    modules.check_outputs(fns, input_shape, training._num_classes(train_data, eval_data))
+    modules.check_memory(fns, input_shape, config.batch_size * len(members) // devices)
+    subsets, eval_subsets = _indices(members, train_data, eval_data)
+    steps = np.array([len(s) // config.batch_size for s in subsets])
+    hyper, field = _hyper(config, members, module, steps)
     tx_for = _tx_factory(config, members)
-    mean = std = None
-    if config.normalization == "standardize":
-        mean, std = jdata.channel_stats(train_data)
-    preprocess = jdata.make_preprocess(config.resize, config.normalization, mean, std)
+    preprocess = training.config_preprocess(config, train_data)
 
     def member_model(hyper_m):
         if field is None:
@@ -600,16 +603,7 @@ def fit_population(
         seeds = np.array([m.seed for m in members], np.uint32)
         with phases("init"):
             state = pop.init(pop.placement.put(seeds), pop.hyper)
-        host_metrics = _stacked(training.empty_metrics, pop.size)
-        session = {
-            "state": state,
-            "metrics": pop.placement.put(host_metrics),
-            "host_metrics": host_metrics,
-            "history": [[] for _ in members],
-            "warm": False,
-            "timed_examples": 0,
-            "train_seconds": 0.0,
-        }
+        session = _new_session(pop, state)
         folder, lock, checkpoints = _open_workdir(config, workdir, resume, overwrite, log)
         try:
             first_epoch = _restore(pop, session, checkpoints, log) if resume else 0
@@ -620,12 +614,7 @@ def fit_population(
                     _record(pop, session, epoch, host, log)
                 if folder is not None:
                     with phases("checkpoint"):
-                        _write_jsonl(folder / "metrics.jsonl", _metric_lines(session["history"]))
-                        if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
-                            # Numbered by epoch: members take different numbers of steps.
-                            saved = jax.device_get(session["state"])  # the buffers are donated
-                            meta = _meta(pop, session, epoch + 1)
-                            checkpoints.save(saved, meta, step=epoch + 1)
+                        _save_epoch(pop, session, epoch, folder, checkpoints)
             if checkpoints is not None:
                 checkpoints.wait()
         finally:
@@ -634,21 +623,7 @@ def fit_population(
             if lock is not None:
                 lock.release()
     rows = _rows(pop, session)
-    seconds = session["train_seconds"]
-    summary = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "members": pop.size,
-        "epochs": config.epochs,
-        "resize": config.resize,
-        "examples_per_sec": session["timed_examples"] / seconds
-        if seconds > 0 and session["timed_examples"]
-        else None,
-        "wall_s": time.perf_counter() - started,
-        "devices": devices,
-        "compiled_programs": compiles.count,
-        "profile": {"phases": phases.report(), "compiles": compiles.report()},
-    }
+    summary = _summary(pop, session, time.perf_counter() - started, devices, phases, compiles)
     if folder is not None:
         _write_jsonl(folder / rows_file, rows)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -662,6 +637,46 @@ def fit_population(
         module,
         folder,
     )
+
+
+def _new_session(pop: _Population, state) -> dict:
+    """What changes as the population trains: state, metric sums, history, timings."""
+    host_metrics = _stacked(training.empty_metrics, pop.size)
+    return {
+        "state": state,
+        "metrics": pop.placement.put(host_metrics),
+        "host_metrics": host_metrics,
+        "history": [[] for _ in range(pop.size)],
+        "warm": False,
+        "timed_examples": 0,
+        "train_seconds": 0.0,
+    }
+
+
+def _save_epoch(pop: _Population, session: dict, epoch: int, folder: Path, checkpoints) -> None:
+    """The epoch's metrics lines, and its checkpoint when ``checkpoint_every`` says so."""
+    _write_jsonl(folder / "metrics.jsonl", _metric_lines(session["history"]))
+    every = pop.config.checkpoint_every
+    if every and (epoch + 1) % every == 0:
+        # Numbered by epoch: members take different numbers of steps.
+        saved = jax.device_get(session["state"])  # the buffers are donated
+        checkpoints.save(saved, _meta(pop, session, epoch + 1), step=epoch + 1)
+
+
+def _summary(pop: _Population, session: dict, wall_s: float, devices: int, phases, compiles):
+    config, seconds, examples = pop.config, session["train_seconds"], session["timed_examples"]
+    return {
+        "model": config.model,
+        "dataset": config.dataset,
+        "members": pop.size,
+        "epochs": config.epochs,
+        "resize": config.resize,
+        "examples_per_sec": examples / seconds if seconds > 0 and examples else None,
+        "wall_s": wall_s,
+        "devices": devices,
+        "compiled_programs": compiles.count,
+        "profile": {"phases": phases.report(), "compiles": compiles.report()},
+    }
 
 
 def _open_workdir(config, workdir, resume, overwrite, log):

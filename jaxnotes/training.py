@@ -443,6 +443,17 @@ def _learning_rate(config: TrainConfig, total_steps: int) -> float | optax.Sched
     return config.learning_rate
 
 
+def config_preprocess(config: TrainConfig, train_data) -> Callable[[jax.Array], jax.Array]:
+    """The on-device preprocessing of ``config``: resize, then normalization, with
+    "standardize" statistics of the training split only (no leak from the test set)."""
+    from jaxnotes import data as jdata
+
+    mean = std = None
+    if config.normalization == "standardize":
+        mean, std = jdata.channel_stats(train_data)
+    return jdata.make_preprocess(config.resize, config.normalization, mean, std)
+
+
 def model_label(config: TrainConfig, model: Any = None) -> str:
     """The name a run reports: ``config.model``, else the module's class name, else "lenet"."""
     if config.model is not None:
@@ -534,10 +545,7 @@ def build(config: TrainConfig, train_data, placement=None, *, model: Any = None,
         weight_decay=config.weight_decay,
         decoupled=config.decoupled,
     )
-    mean = std = None
-    if config.normalization == "standardize":
-        mean, std = jdata.channel_stats(train_data)  # training split only: no leak
-    preprocess = jdata.make_preprocess(config.resize, config.normalization, mean, std)
+    preprocess = config_preprocess(config, train_data)
     axis = placement.axis_name
     train_step = make_train_step(
         fns, tx, preprocess, config.aux_weight, config.divergence_factor, axis_name=axis
