@@ -1,122 +1,36 @@
-"""The book's data from the network, with no internet: a real HTTP server on 127.0.0.1.
-
-The server (``http.server`` in a thread) serves four small IDX files this test writes, and can
-misbehave on purpose: wrong bytes, a transfer cut short, HTTP errors, a slow trickle. Their
-URLs, sizes and SHA-256 sums reach the downloader through the same registry mechanism TFDS's
-own files use (a ``NAME.txt`` in ``$JAXNOTES_CHECKSUMS_DIR``).
+"""The book's data from the network, with no internet: a real HTTP server on 127.0.0.1
+(tests/http_server.py) that can misbehave on purpose: wrong bytes, a transfer cut short, HTTP
+errors, a slow transfer. The faults found by the fault sweep are in tests/test_data_faults.py.
 """
 
 import hashlib
-import http.server
 import os
 import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from http_server import FILES, book_arrays, book_folder, serve
 from processes import signal_when
 
 from jaxnotes import data
 from jaxnotes.data import download
 
-FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-
-
-def _idx(array: np.ndarray, tmp: Path) -> bytes:
-    return data.write_idx(tmp / "x.gz", array).read_bytes()
-
 
 @pytest.fixture
-def arrays(tmp_path):
-    rng = np.random.default_rng(0)
-    made = {
-        "train-images": rng.integers(0, 256, (60, 28, 28), dtype=np.uint8),
-        "train-labels": rng.integers(0, 10, 60).astype(np.uint8),
-        "t10k-images": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
-        "t10k-labels": rng.integers(0, 10, 20).astype(np.uint8),
-    }
-    return made
-
-
-class Server:
-    """A local HTTP server: ``files`` name -> bytes, ``faults`` name -> list of faults to play
-    on successive requests ("corrupt", "truncate", 404, 500, "slow"), ``requests`` counted."""
-
-    def __init__(self):
-        self.files, self.faults, self.requests = {}, {}, {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 -- the http.server API
-                name = self.path.rsplit("/", 1)[-1]
-                server.requests[name] = server.requests.get(name, 0) + 1
-                fault = server.faults.get(name, []).pop(0) if server.faults.get(name) else None
-                if name not in server.files:
-                    fault = 404
-                if isinstance(fault, int):
-                    self.send_error(fault)
-                    return
-                body = server.files[name]
-                if fault == "corrupt":
-                    body = bytes(255 - b for b in body[:16]) + body[16:]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if fault == "truncate":
-                    self.wfile.write(body[: len(body) // 2])
-                    return  # the connection closes short of Content-Length
-                if fault == "slow":  # about a second per file
-                    step = max(len(body) // 40, 1)
-                    for i in range(0, len(body), step):
-                        self.wfile.write(body[i : i + step])
-                        self.wfile.flush()
-                        time.sleep(0.025)
-                    return
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        serve = lambda: self.httpd.serve_forever(poll_interval=0.02)  # noqa: E731
-        threading.Thread(target=serve, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
+def arrays():
+    return book_arrays()
 
 
 @pytest.fixture
 def server(arrays, tmp_path, monkeypatch):
     """The server holding fashion_mnist's four files, and the registry pointing at them."""
-    srv = Server()
-    lines = []
-    for name in FILES:
-        body = _idx(arrays[name.split("-idx")[0]], tmp_path)
-        srv.files[name] = body
-        sha = hashlib.sha256(body).hexdigest()
-        lines.append(f"{srv.url}/fashion_mnist/{name}\t{len(body)}\t{sha}\t{name}")
-    registry = tmp_path / "registry"
-    registry.mkdir()
-    (registry / "fashion_mnist.txt").write_text("\n".join(lines) + "\n")
-    monkeypatch.setenv("JAXNOTES_CHECKSUMS_DIR", str(registry))
-    monkeypatch.delenv("JAXNOTES_OFFLINE", raising=False)
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))  # no prepared copy anywhere
-    monkeypatch.setattr(download, "BACKOFF", 0.01)
+    srv = serve(arrays, tmp_path, monkeypatch)
     yield srv
     srv.close()
 
 
-def _folder() -> Path:
-    return Path(os.environ["JAXNOTES_DATA_DIR"]) / "fashion_mnist"
+_folder = book_folder
 
 
 def test_first_download_then_the_cache_makes_no_request(server, arrays):

@@ -17,6 +17,7 @@ TensorFlow Datasets, scikit-learn and the like are imported inside the functions
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -237,20 +238,27 @@ def load_book(
        against TFDS's checksum registry (``jaxnotes.data.download``), then decoded.
 
     Raises DatasetUnavailableError listing the manual ways when all three fail.
+
+    A decoded cache that cannot be read (truncated, not a zip, keys missing) is rebuilt from
+    2. or 3. (one note line); one that cannot be written (a read-only folder) is skipped: the
+    arrays are decoded in memory (one note line), so a read-only folder holding the verified
+    files works.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else data_dir_default()
     folder = cache / name
     stored = folder / f"{split}.npz"
     if stored.exists():
-        return _read_npz(stored, name)
+        try:
+            return _read_npz(stored, name)
+        except Exception as error:  # BadZipFile, EOFError, KeyError, ValueError, OSError, ...
+            _note(f"cannot read the decoded cache {stored} ({_first(error)}); rebuilding it")
     try:
         dataset = load_tfds(name, split, data_dir=data_dir)
     except DatasetUnavailableError as tfds_error:
         splits = _from_idx_download(name, folder, tfds_error)
-        for other, data in splits.items():
-            _write_npz(folder / f"{other}.npz", data)
+        _keep(folder, splits)
         return splits[split]
-    _write_npz(stored, dataset)
+    _keep(folder, {split: dataset})
     return dataset
 
 
@@ -259,6 +267,8 @@ def _from_idx_download(name: str, folder: Path, tfds_error: Exception) -> dict[s
 
     try:
         download.fetch(download.registry(name), folder / "idx")
+    except download.DownloadLockTimeout as error:  # not a missing data set: say just that
+        raise DatasetUnavailableError(str(error)) from None
     except download.DownloadError as error:
         raise DatasetUnavailableError(
             _unavailable_message(name, folder, error, tfds_error)
@@ -301,8 +311,34 @@ def _read_npz(path: Path, name: str) -> Dataset:
 def _write_npz(path: Path, dataset: Dataset) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # written then renamed: atomic
-    np.savez(tmp, images=dataset.images, labels=dataset.labels, num_classes=dataset.num_classes)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, images=dataset.images, labels=dataset.labels, num_classes=dataset.num_classes)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_file():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+
+
+def _keep(folder: Path, splits: dict[str, Dataset]) -> None:
+    """Write each split's decoded cache; where that fails (a read-only folder, a full disk),
+    say so once and go on with the arrays in memory."""
+    for split, dataset in splits.items():
+        try:
+            _write_npz(folder / f"{split}.npz", dataset)
+        except OSError as error:
+            _note(
+                f"cannot keep the decoded arrays in {folder} ({_first(error)}); "
+                "decoded in memory this time"
+            )
+            return
+
+
+def _note(message: str) -> None:
+    import sys
+
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def load_tfds(
