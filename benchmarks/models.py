@@ -33,6 +33,9 @@ CPU_PLAN = {
     "alexnet": (16, 3),
     "vgg11_small": (16, 3),
     "nin": (16, 3),
+    "lenet_bn": (128, 10),
+    "resnet18": (16, 3),
+    "densenet": (16, 3),
     "vgg11": (4, 2),
     "vgg16": (4, 2),
 }
@@ -59,12 +62,20 @@ def benchmark(name: str, batch: int, steps: int, dtype) -> dict:
     key = jax.random.key(0)
     x = jax.random.normal(key, (batch, size, size, 1), jnp.float32)
     labels = jax.random.randint(key, (batch,), 0, 10)
-    params = jax.jit(model.init)(key, x[:1])["params"]
+    variables = dict(jax.jit(model.init)(key, x[:1]))
+    params = variables.pop("params")  # the rest: batch norm's running statistics, if any
 
     @jax.jit
     def step(params, x, labels, key):
         def loss_fn(params):
-            outputs = model.apply({"params": params}, x, train=True, rngs={"dropout": key})
+            outputs = model.apply(
+                {"params": params, **variables},
+                x,
+                train=True,
+                rngs={"dropout": key},
+                mutable=list(variables) or False,
+            )
+            outputs = outputs[0] if variables else outputs  # (logits, updated statistics)
             return classification_loss(outputs, labels)
 
         return jax.value_and_grad(loss_fn)(params)

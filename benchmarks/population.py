@@ -47,7 +47,7 @@ def child(mode: str, members: int, epochs: int) -> None:
                 config(epochs), [population.Member(seed=s) for s in range(members)],
                 train_data=train, eval_data=test, log=lambda s: None,
             )  # fmt: skip
-            accs = [row["eval_acc"] for row in result.rows]
+            accs = [row["val_acc"] for row in result.rows]
         else:
             accs = []
             for seed in range(members):

@@ -75,7 +75,7 @@ def _loop(mode, train, config, trials, population, selection, training):
             result = population.fit_population(
                 config, [member], train_data=train, eval_data=train, log=lambda s: None
             )
-            scores.append(result.rows[0]["eval_acc"])
+            scores.append(result.rows[0]["val_acc"])
         else:
             dropout = rates.pop("dropout")
             trial = training.TrainConfig(
@@ -85,7 +85,7 @@ def _loop(mode, train, config, trials, population, selection, training):
                     "model_kwargs": {"hidden": (64,), "dropout": dropout},
                 }
             )
-            subset = lambda idx: selection._subset(train, idx)  # noqa: E731
+            subset = lambda idx: selection.subset(train, idx)  # noqa: E731
             done = training.fit(
                 trial, train_data=subset(train_idx), test_data=subset(val_idx), log=lambda s: None
             )  # noqa: E501

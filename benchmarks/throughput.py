@@ -56,13 +56,15 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing, torch_models, flax_reference
+from timing import rate, time_steps  # noqa: E402
 
 MODELS = ("lenet", "alexnet", "vgg11_small", "nin", "googlenet")
 LEARNING_RATE = {  # the book's (train/presets.py); speed does not depend on it
@@ -209,34 +211,6 @@ def parse_args(argv: list[str] | None, accelerator: bool) -> Settings:
     )
 
 
-# --- timing -------------------------------------------------------------------------------------
-
-
-def time_steps(
-    step: Callable[[], None], sync: Callable[[], None], steps: int, warmup: int, repeats: int
-) -> dict:
-    """Compile (first call), warm up, then the median of ``repeats`` timed runs of ``steps``."""
-    start = time.perf_counter()
-    step()
-    sync()
-    first = time.perf_counter() - start
-    for _ in range(warmup):
-        step()
-    sync()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        runs.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(runs), "runs": runs, "first_call_s": first, "steps": steps}
-
-
-def rate(timing: dict, batch: int) -> float:
-    return timing["steps"] * batch / timing["seconds"]
-
-
 def matmul_peak_tflops(size: int, repeats: int = 3, iterations: int = 10) -> float:
     """This device's bf16 matmul rate: ``iterations`` (size x size) @ (size x size) per run."""
     import jax
@@ -288,9 +262,7 @@ def initial_state(name: str, batch: int, train_data):
 
     config = runner_config(name, "fp32", batch)
     parts = training.build(config, train_data)
-    state = training.create_train_state(
-        parts["model"], parts["tx"], parts["input_shape"], config.seed
-    )
+    state = training.create_train_state(parts.model, parts.tx, parts.input_shape, config.seed)
     return jax.device_get(state)
 
 
@@ -305,13 +277,13 @@ def jaxnotes_step(
     config = runner_config(name, precision, settings.batch, settings.steps_per_dispatch)
     parts = training.build(config, train_data)
     if step_kw:  # a variant of the same step (same model, optimizer, preprocessing)
-        step = training.make_train_step(parts["model"], parts["tx"], parts["preprocess"], **step_kw)
-        parts["train_step"] = training.jit_train_step(step)
+        step = training.make_train_step(parts.model, parts.tx, parts.preprocess, **step_kw)
+        parts.train_step = training.jit_train_step(step)
         if config.steps_per_dispatch > 1:
-            parts["multi_step"] = training.jit_train_step(training.make_multi_step(step))
-    placement = parts["placement"]
+            parts.multi_step = training.jit_train_step(training.make_multi_step(step))
+    placement = parts.placement
     box = {"state": placement.put(host_state), "metrics": placement.put(training.empty_metrics())}
-    return {**parts, "config": config, "box": box}
+    return {"built": parts, "config": config, "box": box}
 
 
 def compilations(step: Callable) -> int | None:
@@ -335,13 +307,13 @@ def run_compute_only(built: dict, train_data, settings: Settings, steps: int) ->
 
     from jaxnotes import data
 
-    placement, box = built["placement"], built["box"]
+    placement, box = built["built"].placement, built["box"]
     k = built["config"].steps_per_dispatch
     host_batch = next(data.train_batches(train_data, settings.batch, seed=0, epoch=0))
     if k > 1:
-        step, host_batch = built["multi_step"], _stack([host_batch] * k)
+        step, host_batch = built["built"].multi_step, _stack([host_batch] * k)
     else:
-        step = built["train_step"]
+        step = built["built"].train_step
     batch = next(iter(placement.batches([host_batch])))
     calls = max(1, steps // k)
 
@@ -359,59 +331,37 @@ def run_compute_only(built: dict, train_data, settings: Settings, steps: int) ->
     }
 
 
-def _group(batches, k: int):
-    """Every k consecutive batches stacked (leading axis k), a shorter tail one by one: what
-    ``training.fit`` feeds ``multi_step`` / ``train_step`` with ``steps_per_dispatch`` k.
-
-    k = 1 passes the batches through unstacked, to the single step (at f65affb fit's own
-    ``_group`` stacks them into scans of length 1 and its compilation count reads 0).
-    """
-    if k == 1:
-        yield from batches
-        return
-    pending: list[dict] = []
-    for batch in batches:
-        pending.append(batch)
-        if len(pending) == k:
-            yield _stack(pending)
-            pending = []
-    yield from pending
-
-
 def run_epoch(built: dict, train_data, settings: Settings) -> dict:
-    """(b): one epoch the way ``training.fit`` runs it, with the step already compiled by (a).
-
-    ``data.train_batches`` (a new permutation, one NumPy gather per batch) -> groups of
-    ``steps_per_dispatch`` -> ``placement.batches`` (prefetch to the device) -> the step, and the
-    host pull of the metrics whenever ``log_every`` steps have passed and at the end.
+    """(b): one epoch of the engine's own loop (``runs.train_epoch`` driving the ``FitJob``
+    ``training.fit`` builds), with the step already compiled by (a): ``data.train_batches`` (a
+    new permutation, one NumPy gather per batch) -> groups of ``steps_per_dispatch`` -> prefetch
+    to the device -> the step, and the host pulls of the metrics (every ``log_every`` steps and
+    at the epoch's end, with the guard's check).
     """
     import jax
 
-    from jaxnotes import data
+    from jaxnotes import data, guard, runs, training
 
-    placement, box, config = built["placement"], built["box"], built["config"]
-    single, multi = built["train_step"], built.get("multi_step")
+    parts, box, config = built["built"], built["box"], built["config"]
+    single, multi = parts.train_step, parts.multi_step
     k = config.steps_per_dispatch
     if k > 1 and (len(train_data) // settings.batch) % k:
         # The epoch's last steps_per_epoch % k batches run the single step: compile it now, so
         # the epoch measures the steady state (fit compiles it mid-way through its first epoch).
         host_batch = next(data.train_batches(train_data, settings.batch, seed=0, epoch=0))
-        batch = next(iter(placement.batches([host_batch])))
+        batch = next(iter(parts.placement.batches([host_batch])))
         box["state"], box["metrics"] = single(box["state"], batch, box["metrics"])
     jax.block_until_ready(box)
+    job = training.FitJob(config, train_data, None, parts, log=lambda line: None)
+    session = runs.Session(state=box["state"], metrics=box["metrics"])
+    session.position = job.steps_per_epoch  # epoch 1 from its start
+    session.warm = {"train_step", "multi_step"}  # compiled by (a): none of it is timed apart
     compiled_before = _total_compilations(single, multi)
     start = time.perf_counter()
-    steps = 0
-    batches = data.train_batches(train_data, settings.batch, seed=0, epoch=1)
-    for batch in placement.batches(_group(batches, k)):
-        stacked = batch["label"].ndim == 2
-        step = multi if stacked else single
-        box["state"], box["metrics"] = step(box["state"], batch, box["metrics"])
-        previous, steps = steps, steps + (batch["label"].shape[0] if stacked else 1)
-        if steps // config.log_every > previous // config.log_every:
-            placement.host(box["metrics"])  # fit's periodic pull (progress, guard): a host sync
-    placement.host(box["metrics"])  # fit's end-of-epoch pull: waits for the last step
+    runs.train_epoch(job, session, 1, guard.InterruptFlag())
     seconds = time.perf_counter() - start
+    box["state"], box["metrics"] = session.state, session.metrics
+    steps = session.position - job.steps_per_epoch
     counts = [compilations(f) for f in (single, multi) if f is not None and compilations(f)]
     return {
         "images_per_s": steps * settings.batch / seconds,

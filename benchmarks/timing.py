@@ -1,4 +1,4 @@
-"""Helpers the end-to-end benchmarks share: a fresh process timed from launch to exit."""
+"""Helpers the benchmarks share: a fresh process timed from launch to exit, and timed steps."""
 
 from __future__ import annotations
 
@@ -49,3 +49,30 @@ def interleaved(commands: dict[str, list[str]], rounds: int, cwd: Path) -> dict[
 
 def median(values) -> float:
     return statistics.median(values)
+
+
+def time_steps(step, sync, steps: int, warmup: int, repeats: int) -> dict:
+    """Compile (first call), warm up, then the median of ``repeats`` timed runs of ``steps``.
+
+    ``step()`` dispatches one step, ``sync()`` waits for the device.
+    """
+    start = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        step()
+    sync()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        runs.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(runs), "runs": runs, "first_call_s": first, "steps": steps}
+
+
+def rate(timing: dict, batch: int) -> float:
+    """Examples per second of a ``time_steps`` result at ``batch`` examples per step."""
+    return timing["steps"] * batch / timing["seconds"]

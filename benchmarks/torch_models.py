@@ -11,11 +11,16 @@ parameter counts and, with copied weights, the outputs):
 - ``vgg11_small``: VGG-11 with every block's channels / 4, dense 4096-4096 (d2l's ``ratio = 4``);
 - ``nin``: ``nin_block`` x 4, dropout before the last block, global average pooling;
 - ``googlenet``: blocks b1..b5 with nine Inception blocks, without the auxiliary heads (d2l has
-  none either).
+  none either);
+- ``lenet_bn``, ``resnet18``, ``densenet`` (``MODERN``: not in ``throughput.py``'s table, but in
+  ``train_cpu.py`` and ``tests/test_modern_cnn.py``): the batch-norm chapters' networks, with
+  ``nn.BatchNorm2d`` / ``nn.BatchNorm1d`` as d2l's concise code. PyTorch's running variance is
+  updated with the *unbiased* batch variance (n / (n - 1) times the biased one it normalises
+  with); flax's and the book's from-scratch code keep the biased one.
 
 ``d2l_init`` applies the Xavier-uniform initialisation d2l's ``train_ch6`` applies, and
-:func:`load_flax_params` copies the weights of one of our Flax models into one of these networks
-(for the cross-checks; speed does not depend on the values).
+:func:`load_flax_params` copies the weights (and batch-norm statistics) of one of our Flax models
+into one of these networks (for the cross-checks; speed does not depend on the values).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 NAMES = ("lenet", "alexnet", "vgg11_small", "nin", "googlenet")
+MODERN = ("lenet_bn", "resnet18", "densenet")
 
 
 def lenet(num_classes: int = 10) -> nn.Module:
@@ -168,17 +174,137 @@ def googlenet(num_classes: int = 10) -> nn.Module:
     return nn.Sequential(b1, b2, b3, b4, b5, nn.Linear(1024, num_classes))
 
 
+def lenet_bn(num_classes: int = 10) -> nn.Module:
+    """d2l's LeNet with batch norm (concise version): no padding on the first conv."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, kernel_size=5), nn.BatchNorm2d(6), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2), nn.Flatten(),
+        nn.Linear(256, 120), nn.BatchNorm1d(120), nn.Sigmoid(),
+        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(),
+        nn.Linear(84, num_classes),
+    )  # fmt: skip
+
+
+class Residual(nn.Module):
+    """d2l's residual block (the layers registered as d2l registers them)."""
+
+    def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(
+            input_channels, num_channels, kernel_size=3, padding=1, stride=strides
+        )
+        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
+        if use_1x1conv:
+            self.conv3 = nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides)
+        else:
+            self.conv3 = None
+        self.bn1 = nn.BatchNorm2d(num_channels)
+        self.bn2 = nn.BatchNorm2d(num_channels)
+
+    def forward(self, X):
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3:
+            X = self.conv3(X)
+        Y += X
+        return F.relu(Y)
+
+
+def resnet_block(input_channels, num_channels, num_residuals, first_block=False):
+    blk = []
+    for i in range(num_residuals):
+        if i == 0 and not first_block:
+            blk.append(Residual(input_channels, num_channels, use_1x1conv=True, strides=2))
+        else:
+            blk.append(Residual(num_channels, num_channels))
+    return blk
+
+
+def resnet18(num_classes: int = 10) -> nn.Module:
+    b1 = nn.Sequential(
+        nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
+        nn.BatchNorm2d(64), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )  # fmt: skip
+    b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True))
+    b3 = nn.Sequential(*resnet_block(64, 128, 2))
+    b4 = nn.Sequential(*resnet_block(128, 256, 2))
+    b5 = nn.Sequential(*resnet_block(256, 512, 2))
+    return nn.Sequential(
+        b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+        nn.Linear(512, num_classes),
+    )  # fmt: skip
+
+
+def conv_block(input_channels, num_channels) -> nn.Module:
+    return nn.Sequential(
+        nn.BatchNorm2d(input_channels), nn.ReLU(),
+        nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1),
+    )  # fmt: skip
+
+
+class DenseBlock(nn.Module):
+    """d2l's dense block: each conv block's output is concatenated to its input."""
+
+    def __init__(self, num_convs, input_channels, num_channels):
+        super().__init__()
+        layer = []
+        for i in range(num_convs):
+            layer.append(conv_block(num_channels * i + input_channels, num_channels))
+        self.net = nn.Sequential(*layer)
+
+    def forward(self, X):
+        for blk in self.net:
+            Y = blk(X)
+            X = torch.cat((X, Y), dim=1)
+        return X
+
+
+def transition_block(input_channels, num_channels) -> nn.Module:
+    return nn.Sequential(
+        nn.BatchNorm2d(input_channels), nn.ReLU(),
+        nn.Conv2d(input_channels, num_channels, kernel_size=1),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+    )  # fmt: skip
+
+
+def densenet(num_classes: int = 10) -> nn.Module:
+    b1 = nn.Sequential(
+        nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
+        nn.BatchNorm2d(64), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )  # fmt: skip
+    num_channels, growth_rate = 64, 32
+    num_convs_in_dense_blocks = [4, 4, 4, 4]
+    blks = []
+    for i, num_convs in enumerate(num_convs_in_dense_blocks):
+        blks.append(DenseBlock(num_convs, num_channels, growth_rate))
+        num_channels += num_convs * growth_rate
+        if i != len(num_convs_in_dense_blocks) - 1:
+            blks.append(transition_block(num_channels, num_channels // 2))
+            num_channels = num_channels // 2
+    return nn.Sequential(
+        b1, *blks, nn.BatchNorm2d(num_channels), nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(num_channels, num_classes),
+    )  # fmt: skip
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     "alexnet": alexnet,
     "vgg11_small": vgg11_small,
     "nin": nin,
     "googlenet": googlenet,
+    "lenet_bn": lenet_bn,
+    "resnet18": resnet18,
+    "densenet": densenet,
 }
 
 
 def get_model(name: str, num_classes: int = 10) -> nn.Module:
-    """The PyTorch network called ``name`` (one of ``NAMES``), d2l-initialised."""
+    """The PyTorch network called ``name`` (one of ``NAMES`` or ``MODERN``), d2l-initialised."""
     if name not in MODELS:
         raise ValueError(f"no PyTorch version of {name!r}; valid names: {', '.join(MODELS)}")
     net = MODELS[name](num_classes)
@@ -200,10 +326,10 @@ def count_params(net: nn.Module) -> int:
 
 
 def flax_layer_order(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
-    """Every nn.Conv / nn.Dense of a Flax model in the order its forward pass calls them: its
-    parameter ``path``, ``kind`` ("conv" or "dense") and, for a dense layer, ``fed_by``: the
-    output shape of the layer that ran just before it (a 4-D map when the dense layer reads a
-    flattened feature map). Traced only: nothing is computed."""
+    """Every nn.Conv / nn.Dense / nn.BatchNorm of a Flax model in the order its forward pass
+    calls them: its parameter ``path``, ``kind`` ("conv", "dense" or "bn") and, for a dense
+    layer, ``fed_by``: the output shape of the layer that ran just before it (a 4-D map when the
+    dense layer reads a flattened feature map). Traced only: nothing is computed."""
     import flax.linen as fnn
     import jax
     import jax.numpy as jnp
@@ -215,8 +341,9 @@ def flax_layer_order(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
         module = context.module
         if context.method_name != "__call__":
             return next_fun(*args, **kwargs)
-        if isinstance(module, fnn.Conv | fnn.Dense):
-            kind = "conv" if isinstance(module, fnn.Conv) else "dense"
+        if isinstance(module, fnn.Conv | fnn.Dense | fnn.BatchNorm):
+            kinds = {fnn.Conv: "conv", fnn.Dense: "dense", fnn.BatchNorm: "bn"}
+            kind = next(k for cls, k in kinds.items() if isinstance(module, cls))
             order.append({"path": tuple(module.path), "kind": kind, "fed_by": last_output[0]})
         output = next_fun(*args, **kwargs)
         if hasattr(output, "shape"):
@@ -231,24 +358,49 @@ def flax_layer_order(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
     return order
 
 
-def load_flax_params(net: nn.Module, model: Any, params: Any, input_shape: tuple[int, ...]) -> None:
+def load_flax_params(
+    net: nn.Module,
+    model: Any,
+    params: Any,
+    input_shape: tuple[int, ...],
+    batch_stats: Any = None,
+) -> None:
     """Copy the ``params`` of our Flax ``model`` into the PyTorch ``net`` of the same architecture.
 
     Layers are matched by call order (our models call their layers in the order d2l registers
-    them). Conv kernels go from Flax's HWIO to PyTorch's OIHW, dense kernels are transposed, and
-    a dense layer that reads a flattened feature map gets its input rows reordered: Flax flattens
-    NHWC as (h, w, c), PyTorch NCHW as (c, h, w). This needs the pooling between the last conv
+    them), conv and dense layers apart from batch-norm layers (d2l's ``Residual`` registers its
+    convs before its batch norms). A batch norm's ``scale`` / ``bias`` become ``weight`` / ``bias``
+    and, given ``batch_stats``, its ``mean`` / ``var`` the running statistics. Conv kernels go
+    from Flax's HWIO to PyTorch's OIHW, dense kernels are transposed, and a dense layer that
+    reads a flattened feature map gets its input rows reordered: Flax flattens NHWC as
+    (h, w, c), PyTorch NCHW as (c, h, w). This needs the pooling between the last conv
     and the flatten to be a module (ours are), so that its output shape is seen.
     """
     order = flax_layer_order(model, input_shape)
+    norms = [entry for entry in order if entry["kind"] == "bn"]
+    torch_norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    if len(norms) != len(torch_norms):
+        raise ValueError(f"{len(norms)} Flax batch norms but {len(torch_norms)} in PyTorch")
+    for entry, layer in zip(norms, torch_norms, strict=True):
+        copies = {"weight": _leaf(params, entry["path"])["scale"]}
+        copies["bias"] = _leaf(params, entry["path"])["bias"]
+        if batch_stats is not None:
+            copies["running_mean"] = _leaf(batch_stats, entry["path"])["mean"]
+            copies["running_var"] = _leaf(batch_stats, entry["path"])["var"]
+        for attribute, value in copies.items():
+            target = getattr(layer, attribute)
+            value = np.array(value, np.float32)
+            if tuple(target.shape) != value.shape:
+                raise ValueError(f"{entry['path']}: {attribute} {value.shape} vs {target.shape}")
+            with torch.no_grad():
+                target.copy_(torch.from_numpy(value))
+    order = [entry for entry in order if entry["kind"] != "bn"]
     layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     if len(order) != len(layers):
         raise ValueError(f"{len(order)} Flax layers but {len(layers)} PyTorch layers")
     for entry, layer in zip(order, layers, strict=True):
         where = "/".join(entry["path"])
-        leaf = params
-        for name in entry["path"]:
-            leaf = leaf[name]
+        leaf = _leaf(params, entry["path"])
         kernel = np.array(leaf["kernel"], np.float32)  # copies: torch wants writable arrays
         bias = np.array(leaf["bias"], np.float32)
         if entry["kind"] == "conv":
@@ -274,3 +426,9 @@ def load_flax_params(net: nn.Module, model: Any, params: Any, input_shape: tuple
         with torch.no_grad():
             layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
             layer.bias.copy_(torch.from_numpy(bias))
+
+
+def _leaf(tree: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        tree = tree[name]
+    return tree

@@ -1,7 +1,7 @@
 """CPU training throughput: jaxnotes against PyTorch eager, the way the book trains, in one run.
 
-    python benchmarks/train_cpu.py [--rounds 7] [--lenet-steps 40] [--googlenet-steps 8]
-        [--skip-googlenet] [--skip-plain]
+    python benchmarks/train_cpu.py [--rounds 7] [--models lenet,googlenet,resnet18,densenet]
+        [--lenet-steps 40] [--digits-steps 8] [--skip-googlenet] [--skip-plain]
 
 LeNet (the book's chapter 7 setting): sigmoid + average pooling, Xavier init, SGD lr 0.9,
 batch 256, cross-entropy, on Fashion-MNIST-sized synthetic data (60,000 uint8 28x28x1 images,
@@ -19,12 +19,13 @@ random labels; the pixels do not change the speed). Both sides read the same bat
 * jaxnotes "plain": the same jaxnotes step with the CPU fast paths of
   ``jaxnotes.models.cpu_kernels`` switched off (XLA's own convolution and pooling), for reference.
 
-GoogLeNet at the shapes of the runner's digits preset (``python -m train --model googlenet``):
-scikit-learn's 8x8 digits resized on the device to 32x32, batch 32; plain SGD lr 0.05 and no
-auxiliary heads on both sides (the preset trains with Adam and the heads; the comparison is the
-network's step, not the optimizer's). jaxnotes as above; PyTorch
-``torch_models.googlenet`` fed the same images already resized (by the same bilinear resize, done
-once up front, which favours PyTorch).
+GoogLeNet, ResNet-18 and DenseNet at the shapes of the runner's digits presets (``python -m
+train --model googlenet`` etc.): scikit-learn's 8x8 digits resized on the device to 32x32, batch
+32; plain SGD (lr 0.05, 0.05, 0.1) and no auxiliary heads on both sides (the presets add Adam and
+the heads for GoogLeNet, a cosine decay for the others; the comparison is the network's step, not
+the optimizer's). jaxnotes as above; PyTorch ``torch_models.<name>`` (d2l's code; batch norm in
+training mode, as both sides' steps are) fed the same images already resized (by the same
+bilinear resize, done once up front, which favours PyTorch).
 
 PyTorch runs with ``OMP_WAIT_POLICY=PASSIVE`` (set here unless already set): on a shared 2-core
 host its default spinning OpenMP threads stalled it 5-15x whenever another process held a core
@@ -203,20 +204,17 @@ def report(title: str, seconds: dict, batch_size: int, baseline: str) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--lenet-steps", type=int, default=40, help="steps per round")
-    parser.add_argument("--googlenet-steps", type=int, default=8, help="steps per round")
-    parser.add_argument("--skip-googlenet", action="store_true")
-    parser.add_argument("--skip-plain", action="store_true", help="no fast-paths-off reference")
-    args = parser.parse_args(argv)
+# The models raced on the runner's digits shapes: 32x32 inputs, batch 32, plain SGD at the lr
+# of each one's digits preset (GoogLeNet without its auxiliary heads on both sides).
+DIGITS_LR = {"googlenet": 0.05, "resnet18": 0.05, "densenet": 0.1}
+TITLES = {
+    "googlenet": "GoogLeNet",
+    "resnet18": "ResNet-18 (batch norm: batch statistics and running averages updated)",
+    "densenet": "DenseNet (batch norm: batch statistics and running averages updated)",
+}
 
-    import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    print(time.strftime("%Y-%m-%d %H:%M"), "|", machine())
-
+def race_lenet(args) -> None:
     fashion = jdata.synthetic(60_000, (28, 28, 1), seed=0)
     lenet, lenet_compilations = jaxnotes_contender("lenet", fashion, 256, 0.9, None)
     contenders = {"jaxnotes (train step as fit runs it)": lenet}
@@ -233,25 +231,61 @@ def main(argv: list[str] | None = None) -> int:
         "PyTorch eager (book's train_ch6)",
     )
 
-    if not args.skip_googlenet:
-        digits = jdata.load("digits", "train")
-        net, net_compilations = jaxnotes_contender("googlenet", digits, 32, 0.05, 32)
-        contenders = {"jaxnotes (train step as fit runs it)": net}
-        contenders["PyTorch eager (book's train_ch6)"] = torch_contender(
-            "googlenet", digits, 32, 0.05, 32
-        )
-        if not args.skip_plain:
-            plain, _ = jaxnotes_contender("googlenet", digits, 32, 0.05, 32, fast=False)
-            contenders["jaxnotes, CPU fast paths off"] = plain
-        seconds = race(contenders, args.googlenet_steps, max(3, args.rounds // 2))
-        assert net_compilations() == 1, f"the GoogLeNet step compiled {net_compilations()} times"
-        report(
-            f"GoogLeNet, digits ({len(digits.labels)} train images) resized to 32x32, batch 32, "
-            "SGD 0.05, no auxiliary heads (the runner's digits shapes)",
-            seconds,
-            32,
-            "PyTorch eager (book's train_ch6)",
-        )
+
+def race_digits(name: str, args) -> None:
+    digits = jdata.load("digits", "train")
+    lr = DIGITS_LR[name]
+    net, net_compilations = jaxnotes_contender(name, digits, 32, lr, 32)
+    contenders = {"jaxnotes (train step as fit runs it)": net}
+    contenders["PyTorch eager (book's train_ch6)"] = torch_contender(name, digits, 32, lr, 32)
+    if not args.skip_plain:
+        plain, _ = jaxnotes_contender(name, digits, 32, lr, 32, fast=False)
+        contenders["jaxnotes, CPU fast paths off"] = plain
+    seconds = race(contenders, args.digits_steps, max(3, args.rounds // 2))
+    assert net_compilations() == 1, f"the {name} step compiled {net_compilations()} times"
+    heads = ", no auxiliary heads" if name == "googlenet" else ""
+    report(
+        f"{TITLES[name]}, digits ({len(digits.labels)} train images) resized to 32x32, batch 32, "
+        f"SGD {lr}{heads} (the runner's digits shapes)",
+        seconds,
+        32,
+        "PyTorch eager (book's train_ch6)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--models",
+        default="lenet,googlenet,resnet18,densenet",
+        help="comma-separated, from lenet, " + ", ".join(DIGITS_LR),
+    )
+    parser.add_argument("--lenet-steps", type=int, default=40, help="steps per round")
+    parser.add_argument(
+        "--digits-steps",
+        "--googlenet-steps",
+        type=int,
+        default=8,
+        help="steps per round of the digits-shaped models",
+    )
+    parser.add_argument("--skip-googlenet", action="store_true")
+    parser.add_argument("--skip-plain", action="store_true", help="no fast-paths-off reference")
+    args = parser.parse_args(argv)
+    models = [m for m in args.models.split(",") if not (args.skip_googlenet and m == "googlenet")]
+    unknown = sorted(set(models) - {"lenet", *DIGITS_LR})
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from lenet, {', '.join(DIGITS_LR)}")
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(time.strftime("%Y-%m-%d %H:%M"), "|", machine())
+    for name in models:
+        if name == "lenet":
+            race_lenet(args)
+        else:
+            race_digits(name, args)
     print(f"\nload average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 

@@ -90,9 +90,66 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A value rule: ``low <(=) value <(=) high``, finite, optionally an integer."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    text: str = ""  # how messages state the rule
+
+    def holds(self, value: Any) -> Any:
+        """Whether ``value`` (a number or a NumPy array, elementwise) meets the rule."""
+        import numpy as np
+
+        v = np.asarray(value, dtype=np.float64) if not _is_int(value) else value
+        ok = np.isfinite(v) if not _is_int(v) else True
+        ok = ok & ((v > self.low) if self.low_open else (v >= self.low))
+        ok = ok & ((v < self.high) if self.high_open else (v <= self.high))
+        if self.integer:
+            ok = ok & (np.floor(v) == v)
+        return ok
+
+
+# The one table of the hyper-parameters' ranges: TrainConfig, population members, the search
+# space (sampled values and the runner's --search-space) and the optimizer all check with it.
+VALUE_RULES: dict[str, Range] = {
+    "learning_rate": Range(0.0, low_open=True, text="a finite number > 0"),
+    "weight_decay": Range(0.0, text="a finite number >= 0"),
+    "momentum": Range(0.0, 1.0, high_open=True, text="in [0, 1)"),
+    "dropout": Range(0.0, 1.0, high_open=True, text="in [0, 1)"),
+    "seed": Range(0, MAX_SEED, integer=True, text="an integer in [0, 2**32)"),
+    "width": Range(1, integer=True, text="a positive integer"),
+}
+
+
+def value_error(name: str, value: Any) -> str | None:
+    """The message for ``value`` breaking ``VALUE_RULES[name]`` (None: it is fine)."""
+    rule = VALUE_RULES[name]
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number or (rule.integer and not _is_int(value)) or not bool(rule.holds(value)):
+        return f"{name} must be {rule.text}, got {value!r}"
+    return None
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise ValueError if ``value`` breaks the rule for ``name`` (see ``VALUE_RULES``)."""
+    message = value_error(name, value)
+    if message:
+        raise ValueError(message)
+
+
 def _int_at_least(config: TrainConfig, name: str, low: int) -> tuple[bool, str]:
     value = getattr(config, name)
     return _is_int(value) and value >= low, f"{name} must be >= {low} (an integer), got {value!r}"
+
+
+def _value(config: TrainConfig, name: str) -> tuple[bool, str]:
+    message = value_error(name, getattr(config, name))
+    return message is None, message or ""
 
 
 def _choice(config: TrainConfig, name: str, choices: tuple[str, ...]) -> tuple[bool, str]:
@@ -102,7 +159,6 @@ def _choice(config: TrainConfig, name: str, choices: tuple[str, ...]) -> tuple[b
 
 def _rules(c: TrainConfig) -> list[tuple[bool, str]]:
     """(passes, message) for every rule, in the order they are reported."""
-    lr, wd, momentum = c.learning_rate, c.weight_decay, c.momentum
     return [
         (c.model is None or isinstance(c.model, str), f"model must be a name, got {c.model!r}"),
         (
@@ -112,13 +168,10 @@ def _rules(c: TrainConfig) -> list[tuple[bool, str]]:
         _int_at_least(c, "epochs", 1),
         _int_at_least(c, "batch_size", 1),
         _int_at_least(c, "eval_batch_size", 1),
-        (_is_number(lr) and lr > 0, f"learning rate must be > 0 (a finite number), got {lr!r}"),
+        _value(c, "learning_rate"),
         _choice(c, "optimizer", OPTIMIZERS),
-        (
-            _is_number(momentum) and 0 <= momentum < 1,
-            f"momentum must be in [0, 1), got {momentum!r}",
-        ),
-        (_is_number(wd) and wd >= 0, f"weight decay must be >= 0 (a finite number), got {wd!r}"),
+        _value(c, "momentum"),
+        _value(c, "weight_decay"),
         (isinstance(c.decoupled, bool), f"decoupled must be True or False, got {c.decoupled!r}"),
         _choice(c, "schedule", SCHEDULES),
         (isinstance(c.model_kwargs, dict), f"model_kwargs must be a dict, got {c.model_kwargs!r}"),
@@ -128,10 +181,7 @@ def _rules(c: TrainConfig) -> list[tuple[bool, str]]:
         ),
         _choice(c, "normalization", NORMALIZATIONS),
         _choice(c, "precision", PRECISIONS),
-        (
-            _is_int(c.seed) and 0 <= c.seed <= MAX_SEED,
-            f"seed must be an integer in [0, 2**32), got {c.seed!r}",
-        ),
+        _value(c, "seed"),
         _int_at_least(c, "log_every", 1),
         _int_at_least(c, "checkpoint_every", 0),
         _int_at_least(c, "checkpoint_every_steps", 0),

@@ -241,25 +241,18 @@ def run_chapter_training(
 
 def show_predictions(model: str, result, n: int = 16, size: str | None = None):
     """The trained ``model`` of a :func:`run_chapter_training` ``result`` on the first ``n``
-    test images of its run, drawn with their predictions (mistakes in red).
+    test images of its run, drawn with their predictions (mistakes in red). The predictions
+    are the run's own (``FitResult.predict``: its model, weights and preprocessing).
 
     Returns:
       (figure, predictions (n,), labels (n,)).
     """
-    import jax
-    import jax.numpy as jnp
-
-    from jaxnotes import data, plots
-    from jaxnotes.models import get_model
+    from jaxnotes import plots
 
     config, limits = chapter_config(model, size)
     _, test = load_chapter_data(config, limits)
-    preprocess = data.make_preprocess(config.resize, config.normalization)
-    network = get_model(model, num_classes=test.num_classes, **config.model_kwargs)
-    variables = {"params": result.state.params, **result.state.model_state}
-    forward = jax.jit(lambda x: network.apply(variables, x, train=False))  # one program
-    logits = forward(preprocess(jnp.asarray(test.images[:n])))
-    predictions, labels = np.asarray(jnp.argmax(logits, axis=-1)), test.labels[:n]
+    predictions = result.predict(test.images[:n]).argmax(-1)
+    labels = test.labels[:n]
     figure = plots.labelled_images(test.images[:n], labels, test.class_names, predictions)
     return figure, predictions, labels
 

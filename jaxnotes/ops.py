@@ -1,4 +1,4 @@
-"""From-scratch convolution, pooling, dropout and L2 ops (chapters 2-6), pure and jit-able.
+"""From-scratch convolution, pooling, dropout, L2 and batch-norm ops (chapters 2-6, 11), pure, jit-able.
 
 Each op is written the way the chapter explains it, but vectorised: instead of a Python loop over
 output pixels, a window op is a sum (or max) over the ``kh * kw`` kernel offsets of strided slices
@@ -8,6 +8,7 @@ loop over kernel offsets is a trace-time loop of ``kh * kw`` iterations, never o
 Layouts follow the book: a single image is ``(height, width)``, a multi-channel one
 ``(channels, height, width)``; kernels are ``(kh, kw)``, ``(c_in, kh, kw)`` or
 ``(c_out, c_in, kh, kw)``. (The models use Flax's NHWC layout; these ops are for the chapters.)
+:func:`batch_norm` works on a batch, so it takes the models' layouts: NHWC or (N, features).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def _pad_hw(x: jax.Array, padding: tuple, value: float) -> jax.Array:
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
-    first, second = shapes._per_dim(value, name)
-    return shapes._check_int(name, first, 1), shapes._check_int(name, second, 1)
+    first, second = shapes.per_dim(value, name)
+    return shapes.check_int(name, first, 1), shapes.check_int(name, second, 1)
 
 
 def corr2d(X: jax.Array, K: jax.Array, stride: Any = 1, padding: Any = 0) -> jax.Array:
@@ -248,3 +249,68 @@ def l2_penalty(params: Any) -> jax.Array:
     if not leaves:
         return jnp.zeros(())
     return sum(jnp.sum(jnp.square(w)) for w in leaves) / 2
+
+
+def batch_norm(
+    X: jax.Array,
+    gamma: jax.Array,
+    beta: jax.Array,
+    moving_mean: jax.Array,
+    moving_var: jax.Array,
+    *,
+    train: bool,
+    eps: float = 1e-5,
+    momentum: float = 0.9,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Batch normalization as the book writes it: ``(Y, new_moving_mean, new_moving_var)``.
+
+    Training (``train=True``): each channel is standardised with the mean and the *biased*
+    variance (divided by the number of values, not that minus one) of the batch itself, and the
+    moving averages move towards them, with the book's (and ``flax.linen.BatchNorm``'s)
+    convention: ``moving = momentum * moving + (1 - momentum) * batch_statistic``. Inference
+    (``train=False``): the moving averages standardise, and come back unchanged. Then
+    ``Y = gamma * X_hat + beta``, with ``X_hat = (X - mean) / sqrt(var + eps)``.
+
+    Shapes (C channels, or C features of a dense layer):
+
+    * ``X``: (N, H, W, C) after a convolution (NHWC: the statistics are over N, H and W, one
+      per channel) or (N, C) after a dense layer (over N, one per feature);
+    * ``gamma``, ``beta``, ``moving_mean``, ``moving_var``: (C,); so are the returned averages;
+    * ``Y``: the shape of ``X``.
+
+    ``momentum`` 0.9 and ``eps`` 1e-5 are the book's from-scratch values (PyTorch's
+    ``BatchNorm2d(momentum=0.1)`` is the same average, its momentum being ``1 - ours``; flax's
+    ``BatchNorm`` defaults to 0.99). PyTorch *stores* the unbiased variance in its running
+    average (it normalises with the biased one, as here); the book's code and flax store the
+    biased one, as here.
+
+    A channel with a single value in the batch (a dense layer's batch of one, or an NHWC batch of
+    one 1x1 map) has no variance to estimate: training on it raises a ``ValueError`` (as
+    PyTorch's ``BatchNorm`` does) instead of silently normalising everything to ``beta``.
+    """
+    X = jnp.asarray(X)
+    _check_ndim("batch_norm: X", X, (2, 4), "(N, C) (dense) or (N, H, W, C) (conv, NHWC)")
+    channels = X.shape[-1]
+    stats = {"gamma": gamma, "beta": beta, "moving_mean": moving_mean, "moving_var": moving_var}
+    for name, value in stats.items():
+        if jnp.shape(value) != (channels,):
+            raise ValueError(
+                f"batch_norm: {name} must have shape ({channels},) (one per channel of X "
+                f"{X.shape}), got {jnp.shape(value)}"
+            )
+    if not train:
+        X_hat = (X - moving_mean) / jnp.sqrt(moving_var + eps)
+        return gamma * X_hat + beta, moving_mean, moving_var
+    axes = tuple(range(X.ndim - 1))  # every axis but the channels
+    per_channel = X.size // channels if channels else 0
+    if per_channel < 2:
+        raise ValueError(
+            f"batch_norm: training needs more than one value per channel to estimate a variance, "
+            f"got X of shape {X.shape}; use a batch of at least 2 (or train=False)"
+        )
+    mean = X.mean(axis=axes)
+    var = jnp.square(X - mean).mean(axis=axes)  # biased: divided by the count, as the book
+    X_hat = (X - mean) / jnp.sqrt(var + eps)
+    new_mean = momentum * moving_mean + (1.0 - momentum) * mean
+    new_var = momentum * moving_var + (1.0 - momentum) * var
+    return gamma * X_hat + beta, new_mean, new_var

@@ -14,12 +14,13 @@ gradients are large). Either way a mask keeps biases and every other 1-D paramet
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
+
+from jaxnotes.config import check_value
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -32,8 +33,9 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+def effective_momentum(name: str, momentum: Any) -> Any:
+    """The momentum an optimizer uses: "momentum" means 0.9 when none is given (0)."""
+    return 0.9 if name == "momentum" and momentum == 0.0 else momentum
 
 
 def make_optimizer(
@@ -55,23 +57,15 @@ def make_optimizer(
         False, to the gradient before it (the classic L2 penalty).
 
     Raises:
-      ValueError: unknown name or a value out of range.
+      ValueError: unknown name or a value out of range (``jaxnotes.config.VALUE_RULES``).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
-    if not callable(learning_rate) and not (_finite(learning_rate) and learning_rate > 0):
-        raise ValueError(
-            f"learning_rate must be a finite number > 0 or an optax schedule, got {learning_rate!r}"
-        )
-    if not _finite(momentum):
-        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
-    if name == "momentum" and momentum == 0.0:
-        momentum = 0.9
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if not (_finite(weight_decay) and weight_decay >= 0.0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-
+    if not callable(learning_rate):
+        check_value("learning_rate", learning_rate)
+    check_value("momentum", momentum)
+    check_value("weight_decay", weight_decay)
+    momentum = effective_momentum(name, momentum)
     return chain(
         name,
         learning_rate,
@@ -81,6 +75,18 @@ def make_optimizer(
         with_momentum=momentum > 0,
         with_decay=weight_decay > 0,
     )
+
+
+def cosine_decay(peak: Any, total_steps: Any) -> optax.Schedule:
+    """``peak * (1 + cos(pi * min(t, T) / T)) / 2``: optax's cosine decay to 0 over T steps,
+    written so ``peak`` and ``T`` may be traced (a population's members differ in both)."""
+
+    def schedule(count):
+        total = jnp.maximum(total_steps, 1)
+        done = jnp.minimum(count, total)
+        return peak * (0.5 * (1 + jnp.cos(jnp.pi * done / total)))
+
+    return schedule
 
 
 def chain(

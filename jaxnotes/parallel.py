@@ -231,8 +231,9 @@ class LeadingAxisSharded(SingleDevice):
         )
 
     def jit_eval(self, step_fn: Callable) -> Callable:
+        """``(state, hyper, batch, metrics) -> metrics``, all split along members."""
         s = self.split
-        return jax.jit(step_fn, in_shardings=(s, s, s), out_shardings=s, donate_argnums=(2,))
+        return jax.jit(step_fn, in_shardings=(s, s, s, s), out_shardings=s, donate_argnums=(3,))
 
     def put(self, tree: Any) -> Any:
         return jax.device_put(tree, self.split)

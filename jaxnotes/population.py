@@ -9,35 +9,34 @@ How it is one program whatever P and whatever the values::
 
     member_step(state, hyper, batch, metrics):            # ONE member, traced
         tx   = optim.chain(..., hyper["learning_rate"], hyper["momentum"], hyper["weight_decay"])
-        step = training.make_train_step(model(rate=hyper["dropout"]), tx, ...)   # the engine's
+        step = steps.make_train_step(model(rate=hyper["dropout"]), tx, ...)   # the engine's
         return step(state, batch, metrics)                 # ... kept where the member sits out
     population_step = vmap(member_step)                    # over the leading member axis
 
 The hyper-parameters are traced arrays, so they are values of the program, not part of it; only
 what changes shapes (the model's architecture, the batch size) needs a separate population.
 
-Members are exactly what separate runs would be: member i equals ``training.fit`` run alone with
+Members are the runs they would be alone: member i trains like ``training.fit`` run alone with
 member i's seed, rates and ``train_data`` subset (same examples, same order, same dropout masks):
 its batches are slices of ``epoch_permutation(len(subset), seed, epoch)`` of its own subset, its
 keys ``fold_in(key(seed), ...)`` as in ``fit``, and a member whose subset has fewer full batches
-than the largest sits out the last steps of each epoch (a mask: its state does not move), so it
-takes exactly its own steps. Evaluation runs every member on its own evaluation subset (a fold's
-held-out part, or the test set), padded and masked.
+than the largest sits out the last steps of each epoch (a mask: its state does not move). Its
+"standardize" statistics are those of its own training subset. Evaluation runs every member on
+its own evaluation subset (a fold's held-out part), padded and masked: its ``val_`` metrics.
+
+Everything around the step is the run lifecycle ``fit`` uses (``jaxnotes.runs``): the folder,
+checkpoints and exact resume (mid-epoch too), Ctrl-C/SIGTERM, progress, compile timing, the
+summary. A member whose loss goes non-finite or explodes is marked diverged (its guard records
+the step) and the others train on: in a search, that is a result, not an error.
 
 Several devices (``devices=N``): the member axis is split over a 1-D mesh, each device holding
-whole members (``parallel.LeadingAxisSharded``); members never communicate, so N devices give
-what one gives. P must divide by N.
-
-Checkpoints (with a workdir) are taken at epoch ends: the stacked state, every member's record
-and the guard's memory; ``resume`` continues a population like ``fit`` continues a run. A member
-whose loss goes non-finite or explodes is marked diverged (its guard records the step) and the
-others train on: in a search, that is a result, not an error.
+whole members (``parallel.LeadingAxisSharded``). P must divide by N.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -47,9 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnotes import modules, optim, parallel, profiling, training
-from jaxnotes import workdir as workdirs
-from jaxnotes.config import TrainConfig
+from jaxnotes import modules, optim, parallel, profiling, runs, steps, training
+from jaxnotes.config import TrainConfig, check_value
 
 HYPER = ("learning_rate", "weight_decay", "momentum", "dropout")
 
@@ -71,16 +69,13 @@ class Member:
     eval_indices: np.ndarray | None = None
 
     def settings(self, config: TrainConfig) -> dict[str, float | None]:
-        """The member's effective rates (make_optimizer's rule: "momentum" means 0.9 if 0)."""
-        momentum = config.momentum if self.momentum is None else self.momentum
-        if config.optimizer == "momentum" and momentum == 0.0:
-            momentum = 0.9
+        """The member's effective rates (the optimizer's rules, e.g. "momentum" means 0.9)."""
+        pick = lambda mine, default: default if mine is None else mine
+        momentum = pick(self.momentum, config.momentum)
         return {
-            "learning_rate": config.learning_rate
-            if self.learning_rate is None
-            else self.learning_rate,
-            "weight_decay": config.weight_decay if self.weight_decay is None else self.weight_decay,
-            "momentum": momentum,
+            "learning_rate": pick(self.learning_rate, config.learning_rate),
+            "weight_decay": pick(self.weight_decay, config.weight_decay),
+            "momentum": optim.effective_momentum(config.optimizer, momentum),
             "dropout": self.dropout,
         }
 
@@ -98,52 +93,42 @@ class PopulationResult:
     """What ``fit_population`` returns.
 
     state: every member's final TrainState, leaves stacked on a leading member axis (P, ...).
-    history: per member, one dict per epoch (train_loss, train_acc, eval_loss, eval_acc).
+    history: per member, one dict per epoch (train_loss, train_acc, val_loss, val_acc).
     rows: per member, its settings and final numbers (and ``diverged``).
+    model: the module trained; preprocessing: per member, its ``data.Preprocessing``.
     """
 
     members: list[Member]
-    state: training.TrainState
+    state: steps.TrainState
     history: list[list[dict]]
     rows: list[dict]
     summary: dict
     model: Any
+    preprocessing: list
     workdir: Path | None = None
 
-    def member_state(self, index: int) -> training.TrainState:
+    def member_state(self, index: int) -> steps.TrainState:
         return jax.tree.map(lambda leaf: leaf[index], self.state)
 
     def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Every member's class probabilities: (n, H, W, C) -> (P, n, classes), eval mode."""
-        return predict(self.model, self.state, images, self.summary["resize"], batch_size)
-
-
-def predict(model, state, images, resize=None, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities of each stacked member: (n, H, W, C) -> (P, n, classes)."""
-    from jaxnotes.data import make_preprocess
-
-    fns = modules.as_model(model)
-    preprocess = make_preprocess(resize, "scale")
-
-    @jax.jit
-    def one_batch(state, x):
-        def member(member_state):
-            outputs, _ = fns.apply(
-                member_state.params, member_state.model_state, preprocess(x), False
+        """Every member's class probabilities: (n, H, W, C) -> (P, n, classes), in eval mode,
+        each with its own run's preprocessing."""
+        groups: dict[Any, list[int]] = {}
+        for index, preprocessing in enumerate(self.preprocessing):
+            groups.setdefault(preprocessing, []).append(index)
+        out = [None] * len(self.members)
+        for preprocessing, indices in groups.items():
+            chosen = np.asarray(indices)
+            state = jax.tree.map(lambda leaf, i=chosen: leaf[i], self.state)
+            probabilities = runs.predict_probabilities(
+                self.model, state, preprocessing, images, stacked=True, batch_size=batch_size
             )
-            return jax.nn.softmax(training.logits_of(outputs).astype(jnp.float32), axis=-1)
-
-        return jax.vmap(member)(state)
-
-    images = np.asarray(images)
-    parts = [
-        np.asarray(one_batch(state, images[i : i + batch_size]))
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(parts, axis=1)
+            for row, index in enumerate(indices):
+                out[index] = probabilities[row]
+        return np.stack(out)
 
 
-# --- checks ----------------------------------------------------------------------------------
+# --- checks --------------------------------------------------------------------------------------
 
 
 def _check_members(members: Sequence[Member], config: TrainConfig, train_data, eval_data) -> None:
@@ -152,34 +137,32 @@ def _check_members(members: Sequence[Member], config: TrainConfig, train_data, e
     for i, member in enumerate(members):
         if not isinstance(member, Member):
             raise TypeError(f"member {i} must be a jaxnotes.population.Member, got {member!r}")
-        rates = member.settings(config)
-        rules = [
-            (rates["learning_rate"] > 0, "learning_rate must be > 0"),
-            (rates["weight_decay"] >= 0, "weight_decay must be >= 0"),
-            (0 <= rates["momentum"] < 1, "momentum must be in [0, 1)"),
-            (rates["dropout"] is None or 0 <= rates["dropout"] < 1, "dropout must be in [0, 1)"),
-            (0 <= member.seed <= 2**32 - 1, "seed must be in [0, 2**32)"),
-        ]
-        for ok, rule in rules:
-            if not (np.isfinite([v for v in rates.values() if v is not None]).all() and ok):
-                raise ValueError(f"member {i}: {rule}, got {member.describe(config)}")
+        try:
+            for name, value in {**member.settings(config), "seed": member.seed}.items():
+                if value is not None:
+                    check_value(name, value)
+        except ValueError as error:
+            raise ValueError(f"member {i}: {error}") from None
         for name, dataset in (("train_indices", train_data), ("eval_indices", eval_data)):
-            idx = getattr(member, name)
-            if idx is None:
-                continue
-            idx = np.asarray(idx)
-            if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-                raise ValueError(f"member {i}: {name} must be a non-empty 1-D integer array")
-            if idx.min() < 0 or idx.max() >= len(dataset):
-                raise ValueError(
-                    f"member {i}: {name} go from {idx.min()} to {idx.max()}, outside the data "
-                    f"set's 0..{len(dataset) - 1}"
-                )
+            _check_indices(i, name, getattr(member, name), dataset)
         n = len(train_data) if member.train_indices is None else len(member.train_indices)
         if n < config.batch_size:
             raise ValueError(
                 f"member {i} trains on {n} examples, fewer than one batch of {config.batch_size}"
             )
+
+
+def _check_indices(i: int, name: str, idx, dataset) -> None:
+    if idx is None:
+        return
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"member {i}: {name} must be a non-empty 1-D integer array")
+    if idx.min() < 0 or idx.max() >= len(dataset):
+        raise ValueError(
+            f"member {i}: {name} go from {idx.min()} to {idx.max()}, outside the data set's "
+            f"0..{len(dataset) - 1}"
+        )
 
 
 def _dropout_field(module) -> str:
@@ -193,72 +176,33 @@ def _dropout_field(module) -> str:
     )
 
 
-# --- the compiled pieces -----------------------------------------------------------------------
+def hash_indices(indices: np.ndarray) -> str:
+    """A short fingerprint of an index array (a resumed population must train the same folds)."""
+    return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()[:16]
 
 
-@dataclasses.dataclass
-class _Population:
-    """Everything fixed for a population run (built before any file is touched)."""
-
-    config: TrainConfig
-    members: list[Member]
-    module: Any
-    fns: modules.Model
-    train_data: Any
-    eval_data: Any
-    preprocess: Callable
-    input_shape: tuple
-    hyper: dict  # name -> (P,) float32 on the device
-    subsets: list[np.ndarray]
-    eval_subsets: list[np.ndarray]
-    steps: np.ndarray  # (P,) full batches per epoch of each member
-    placement: parallel.LeadingAxisSharded
-    init: Callable
-    train_step: Callable
-    eval_step: Callable
-
-    @property
-    def size(self) -> int:
-        return len(self.members)
+# --- the compiled pieces -------------------------------------------------------------------------
 
 
-def _tx_factory(config: TrainConfig, members: Sequence[Member]):
+def _tx_factory(config: TrainConfig, members: Sequence[Member]) -> Callable[[dict], Any]:
+    """hyper -> the member's optax chain (the config's optimizer with traced rates)."""
     rates = [m.settings(config) for m in members]
     with_momentum = config.optimizer != "adam" and any(r["momentum"] > 0 for r in rates)
     with_decay = any(r["weight_decay"] > 0 for r in rates)
 
     def tx_for(hyper: dict):
         learning_rate = hyper["learning_rate"]
-        if config.schedule == "cosine":  # optax.cosine_decay_schedule(lr, total), traced total
-            total = jnp.maximum(hyper["total_steps"], 1)
-            peak = learning_rate
-
-            def learning_rate(count):
-                count = jnp.minimum(count, total)
-                return peak * (0.5 * (1 + jnp.cos(jnp.pi * count / total)))
-
+        if config.schedule == "cosine":  # fit's schedule, with each member's own length
+            learning_rate = optim.cosine_decay(learning_rate, hyper["total_steps"])
         return optim.chain(
-            config.optimizer,
-            learning_rate,
-            hyper["momentum"],
-            hyper["weight_decay"],
-            config.decoupled,
-            with_momentum=with_momentum,
-            with_decay=with_decay,
-        )
+            config.optimizer, learning_rate, hyper["momentum"], hyper["weight_decay"],
+            config.decoupled, with_momentum=with_momentum, with_decay=with_decay,
+        )  # fmt: skip
 
     return tx_for
 
 
-def _indices(members: Sequence[Member], train_data, eval_data):
-    """Each member's training and evaluation example indices (the whole split when None)."""
-    every = lambda data, chosen: np.arange(len(data)) if chosen is None else np.asarray(chosen)
-    subsets = [every(train_data, m.train_indices) for m in members]
-    eval_subsets = [every(eval_data, m.eval_indices) for m in members]
-    return subsets, eval_subsets
-
-
-def _hyper(config, members: Sequence[Member], module, steps: np.ndarray):
+def _hyper(config, members: Sequence[Member], module, steps_per_member: np.ndarray):
     """The members' traced settings, one float32 array per name in HYPER (plus each member's
     total steps), and the module field the dropout rate goes into (None: not traced)."""
     rates = [m.settings(config) for m in members]
@@ -271,75 +215,8 @@ def _hyper(config, members: Sequence[Member], module, steps: np.ndarray):
         )
         for name in HYPER
     }
-    hyper["total_steps"] = (config.epochs * steps).astype(np.int32)
+    hyper["total_steps"] = (config.epochs * steps_per_member).astype(np.int32)
     return hyper, field
-
-
-def _build(config, members, module, train_data, eval_data, devices) -> _Population:
-    placement = parallel.LeadingAxisSharded(devices)
-    if len(members) % devices:
-        raise ValueError(
-            f"{len(members)} members do not divide over {devices} devices; use a multiple of "
-            f"{devices} members"
-        )
-    fns = modules.as_model(module)
-    input_shape = training._input_shape(config, train_data, eval_data)
-    modules.check_outputs(fns, input_shape, training._num_classes(train_data, eval_data))
-    modules.check_memory(fns, input_shape, config.batch_size * len(members) // devices)
-    subsets, eval_subsets = _indices(members, train_data, eval_data)
-    steps = np.array([len(s) // config.batch_size for s in subsets])
-    hyper, field = _hyper(config, members, module, steps)
-    tx_for = _tx_factory(config, members)
-    preprocess = training.config_preprocess(config, train_data)
-
-    def member_model(hyper_m):
-        if field is None:
-            return fns
-        return modules.as_model(module.clone(**{field: hyper_m["dropout"]}))
-
-    def member_init(seed, hyper_m):
-        x = jnp.zeros((1, *input_shape), jnp.float32)
-        return training.initial_state(fns, tx_for(hyper_m), x, seed)
-
-    def member_step(state, hyper_m, batch, metrics):
-        step = training.make_train_step(
-            member_model(hyper_m),
-            tx_for(hyper_m),
-            preprocess,
-            config.aux_weight,
-            config.divergence_factor,
-        )
-        new_state, new_metrics = step(state, {k: batch[k] for k in ("image", "label")}, metrics)
-        live = batch["live"]  # this member has a batch at this step (else it sits it out)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
-        return keep(new_state, state), keep(new_metrics, metrics)
-
-    eval_one = training.make_eval_step(fns, preprocess)
-    seeds = jax.ShapeDtypeStruct((len(members),), jnp.uint32)
-    abstract_hyper = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), hyper)
-    init = (
-        jax.jit(jax.vmap(member_init), in_shardings=placement.split, out_shardings=placement.split)
-        .lower(seeds, abstract_hyper)
-        .compile(compiler_options=training.init_compiler_options())
-    )
-    return _Population(
-        config=config,
-        members=list(members),
-        module=module,
-        fns=fns,
-        train_data=train_data,
-        eval_data=eval_data,
-        preprocess=preprocess,
-        input_shape=input_shape,
-        hyper=placement.put(hyper),
-        subsets=subsets,
-        eval_subsets=eval_subsets,
-        steps=steps,
-        placement=placement,
-        init=init,
-        train_step=placement.jit_train(_chunked(jax.vmap(member_step), len(members), devices)),
-        eval_step=placement.jit_eval(jax.vmap(eval_one)),
-    )
 
 
 # Members vectorised at once, at most: measured on 2 CPU cores (LeNet, batch 16), 4 members
@@ -354,53 +231,201 @@ def _chunked(step: Callable, size: int, devices: int) -> Callable:
     if devices > 1 or chunk == size:
         return step
 
-    def chunked(state, hyper, batch, metrics):
+    def chunked(*trees):
         split = lambda tree: jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), tree)
         merge = lambda tree: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
-        out = jax.lax.map(
-            lambda a: step(*a), (split(state), split(hyper), split(batch), split(metrics))
-        )
+        out = jax.lax.map(lambda a: step(*a), tuple(split(t) for t in trees))
         return merge(out[0]), merge(out[1])
 
     return chunked
 
 
-# --- host batches ------------------------------------------------------------------------------
+def _member_programs(job: PopulationJob, module, field, preprocess) -> tuple[Callable, Callable]:
+    """(the vmapped train step over (state, hyper, batch, metrics), the vmapped eval step)."""
+    config, fns, tx_for = job.config, job.fns, _tx_factory(job.config, job.members)
+
+    def member_model(hyper_m):
+        if field is None:
+            return fns
+        return modules.as_model(module.clone(**{field: hyper_m["dropout"]}))
+
+    def member_step(state, hyper_m, batch, metrics):
+        step = steps.make_train_step(
+            member_model(hyper_m), tx_for(hyper_m), preprocess(hyper_m), config.aux_weight,
+            config.divergence_factor,
+        )  # fmt: skip
+        new_state, new_metrics = step(state, {k: batch[k] for k in ("image", "label")}, metrics)
+        live = batch["live"]  # this member has a batch at this step (else it sits it out)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
+        return keep(new_state, state), keep(new_metrics, metrics)
+
+    def member_eval(state, hyper_m, batch, metrics):
+        return steps.make_eval_step(fns, preprocess(hyper_m))(state, batch, metrics)
+
+    placement, size = job.placement, len(job.members)
+    train = placement.jit_train(_chunked(jax.vmap(member_step), size, placement.num_devices))
+    evaluate = placement.jit_eval(jax.vmap(member_eval))
+    return train, evaluate
 
 
-def _train_batches(pop: _Population, epoch: int) -> Iterator[dict]:
-    """The population's batches of one epoch: image (P, B, ...), label (P, B), live (P,)."""
-    from jaxnotes.data import epoch_permutation
+def _preprocessing(config: TrainConfig, train_data, subsets) -> list:
+    """Each member's ``Preprocessing``: "standardize" statistics of its own training subset."""
+    from jaxnotes import data as jdata
 
-    size = pop.config.batch_size
-    orders = [
-        subset[epoch_permutation(len(subset), member.seed, epoch)]
-        for member, subset in zip(pop.members, pop.subsets, strict=True)
-    ]
-    images, labels = pop.train_data.images, pop.train_data.labels.astype(np.int32)
-    for step in range(int(pop.steps.max())):
-        live = pop.steps > step
-        idx = np.stack(
-            [
-                order[step * size : (step + 1) * size] if alive else order[:size]
-                for order, alive in zip(orders, live, strict=True)
-            ]
+    if config.normalization != "standardize":
+        return [training.config_preprocessing(config, train_data)] * len(subsets)
+    out = []
+    for subset in subsets:
+        part = jdata.from_arrays(train_data.images[subset], train_data.labels[subset])
+        out.append(training.config_preprocessing(config, part))
+    return out
+
+
+def _traced_preprocess(preprocessing: list, hyper: dict) -> Callable:
+    """hyper_m -> the member's preprocessing function (its statistics ride in ``hyper``)."""
+    first = preprocessing[0]
+    if first.normalization != "standardize":
+        return lambda hyper_m: first.function()
+    hyper["mean"] = np.array([p.mean for p in preprocessing], np.float32)
+    hyper["std"] = np.array([p.std for p in preprocessing], np.float32)
+    from jaxnotes.data import make_preprocess
+
+    def preprocess(hyper_m):
+        scale = make_preprocess(first.resize, "scale")
+        return lambda images: (scale(images) - hyper_m["mean"]) / hyper_m["std"]
+
+    return preprocess
+
+
+# --- the job -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PopulationJob:
+    """A population's run, as the lifecycle (``jaxnotes.runs``) drives it."""
+
+    config: TrainConfig
+    members: list[Member]
+    fns: modules.Model
+    train_data: Any
+    eval_data: Any
+    input_shape: tuple
+    placement: parallel.LeadingAxisSharded
+    log: Callable[[str], None]
+    subsets: list = dataclasses.field(default_factory=list)
+    eval_subsets: list = dataclasses.field(default_factory=list)
+    member_steps: np.ndarray = None  # (P,) full batches per epoch of each member
+    preprocessing: list = dataclasses.field(default_factory=list)
+    hyper: dict = dataclasses.field(default_factory=dict)  # name -> (P,) on the device
+    train_step: Callable = None
+    eval_step: Callable = None
+    init: Callable = None
+    primary: bool = True
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return int(self.member_steps.max())
+
+    def fresh_metrics(self) -> dict:
+        return _stacked(steps.empty_metrics, self.size)
+
+    def epoch_batches(self, epoch: int, start: int) -> Iterator[dict]:
+        """Batches of one epoch from position ``start``: image (P, B, ...), label (P, B),
+        live (P,) (False where a member has no batch left: it sits the step out)."""
+        from jaxnotes.data import epoch_permutation
+
+        size = self.config.batch_size
+        orders = [
+            subset[epoch_permutation(len(subset), member.seed, epoch)]
+            for member, subset in zip(self.members, self.subsets, strict=True)
+        ]
+        images, labels = self.train_data.images, self.train_data.labels.astype(np.int32)
+        for step in range(start, self.steps_per_epoch):
+            live = self.member_steps > step
+            idx = np.stack(
+                [
+                    order[step * size : (step + 1) * size] if alive else order[:size]
+                    for order, alive in zip(orders, live, strict=True)
+                ]
+            )
+            yield {"image": images[idx], "label": labels[idx], "live": live}
+
+    def dispatch(self, batch: dict) -> tuple[str, Callable, int, int]:
+        live = int(np.asarray(batch["live"]).sum())
+        step = lambda state, b, metrics: self.train_step(state, self.hyper, b, metrics)
+        return "population_step", step, 1, live * self.config.batch_size
+
+    def check(self, host: dict, last_checkpoint: str | None) -> None:
+        """Nothing stops a population: a diverged member is a result (see ``rows``)."""
+
+    def evaluate(self, state) -> dict:
+        metrics = self.placement.put(_stacked(steps.empty_eval_metrics, self.size))
+        for batch in self.placement.batches(self._eval_batches()):
+            metrics = self.eval_step(state, self.hyper, batch, metrics)
+        return steps.means(jax.device_get(metrics))
+
+    def _eval_batches(self) -> Iterator[dict]:
+        """Every member's evaluation subset, padded to the longest and masked."""
+        size = self.config.eval_batch_size
+        longest = max(len(s) for s in self.eval_subsets)
+        images, labels = self.eval_data.images, self.eval_data.labels.astype(np.int32)
+        for start in range(0, longest, size):
+            idx = np.zeros((self.size, size), np.int64)
+            mask = np.zeros((self.size, size), np.float32)
+            for m, subset in enumerate(self.eval_subsets):
+                chunk = subset[start : start + size]
+                idx[m, : len(chunk)], mask[m, : len(chunk)] = chunk, 1.0
+            yield {"image": images[idx], "label": labels[idx], "mask": mask}
+
+    def end_epoch(self, session: runs.Session, epoch: int, host: dict) -> dict:
+        train = steps.means(host)
+        with session.phases("evaluate"):
+            val = self.evaluate(session.state)
+        if not session.history:
+            session.history = [[] for _ in range(self.size)]
+        for m in range(self.size):
+            row = {"epoch": epoch + 1, "train_loss": float(train["loss"][m]),
+                   "train_acc": float(train["acc"][m]), "val_loss": float(val["loss"][m]),
+                   "val_acc": float(val["acc"][m])}  # fmt: skip
+            session.history[m].append(row)
+        diverged = np.asarray(host["bad_step"]) >= 0
+        scores = np.where(diverged, -np.inf, val["acc"])
+        best = int(np.argmax(scores))
+        mean = np.mean(val["acc"][~diverged]) if (~diverged).any() else float("nan")
+        self.log(
+            f"epoch {epoch + 1}/{self.config.epochs}  {self.size} members  val acc mean "
+            f"{mean:.4f}  best {val['acc'][best]:.4f} (member {best})  diverged "
+            f"{int(diverged.sum())}"
         )
-        yield {"image": images[idx], "label": labels[idx], "live": live}
+        return {"epoch": epoch + 1, "val_acc_mean": float(mean), "diverged": int(diverged.sum())}
 
+    def metric_rows(self, history: list) -> list[dict]:
+        return [{"member": m, **row} for m, rows in enumerate(history) for row in rows]
 
-def _eval_batches(pop: _Population) -> Iterator[dict]:
-    """Every member's evaluation subset, padded to the longest and masked."""
-    size = pop.config.eval_batch_size
-    longest = max(len(s) for s in pop.eval_subsets)
-    images, labels = pop.eval_data.images, pop.eval_data.labels.astype(np.int32)
-    for start in range(0, longest, size):
-        idx = np.zeros((pop.size, size), np.int64)
-        mask = np.zeros((pop.size, size), np.float32)
-        for m, subset in enumerate(pop.eval_subsets):
-            chunk = subset[start : start + size]
-            idx[m, : len(chunk)], mask[m, : len(chunk)] = chunk, 1.0
-        yield {"image": images[idx], "label": labels[idx], "mask": mask}
+    def resume_facts(self) -> dict:
+        return {
+            "members": [m.describe(self.config) for m in self.members],
+            "subsets": [hash_indices(s) for s in self.subsets],
+            "preprocessing": [p.to_json() for p in self.preprocessing],
+        }
+
+    def rows(self, session: runs.Session) -> list[dict]:
+        host = jax.device_get(session.metrics)
+        rows = []
+        for m, member in enumerate(self.members):
+            last = session.history[m][-1] if session.history else {}
+            bad = int(np.asarray(host["bad_step"])[m])
+            rows.append({
+                "member": m, **member.describe(self.config),
+                **{k: v for k, v in last.items() if k != "epoch"},
+                "diverged": bad >= 0 or not np.isfinite(last.get("val_loss", np.nan)),
+                "bad_step": bad if bad >= 0 else None,
+            })  # fmt: skip
+        return rows
 
 
 def _stacked(tree_fn: Callable[[], dict], size: int) -> dict:
@@ -408,149 +433,45 @@ def _stacked(tree_fn: Callable[[], dict], size: int) -> dict:
     return jax.tree.map(lambda x: np.broadcast_to(x, (size, *x.shape)).copy(), host)
 
 
-# --- the loop ----------------------------------------------------------------------------------
-
-
-def _means(sums: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Per member (mean loss, accuracy), in float64 as ``fit`` reports them."""
-    count = np.maximum(np.asarray(sums["count"], np.float64), 1.0)
-    loss = np.asarray(sums["loss_sum"], np.float64)
-    return loss / count, np.asarray(sums["correct"], np.float64) / count
-
-
-def _evaluate(pop: _Population, state) -> tuple[np.ndarray, np.ndarray]:
-    metrics = pop.placement.put(_stacked(training.empty_eval_metrics, pop.size))
-    for batch in pop.placement.batches(_eval_batches(pop)):
-        metrics = pop.eval_step(state, batch, metrics)
-    return _means(jax.device_get(metrics))
-
-
-def _progress(config: TrainConfig, total: int, epoch: int):
-    if not config.progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, desc=f"population epoch {epoch + 1}/{config.epochs}", unit="step",
-        leave=False, dynamic_ncols=True, disable=None,
-    )  # fmt: skip
-
-
-def _train_epoch(pop: _Population, session: dict, epoch: int) -> dict:
-    """One epoch for every member; returns the host sums (each member's train loss, acc)."""
-    placement = pop.placement
-    bar = _progress(pop.config, int(pop.steps.max()), epoch)
-    started, compile_seconds = time.perf_counter(), 0.0
-    for batch in placement.batches(_train_batches(pop, epoch)):
-        first = not session["warm"]
-        if first:
-            began = time.perf_counter()
-        session["state"], session["metrics"] = pop.train_step(
-            session["state"], pop.hyper, batch, session["metrics"]
-        )
-        if first:
-            jax.block_until_ready(session["state"].step)
-            compile_seconds, session["warm"] = time.perf_counter() - began, True
-        else:
-            session["timed_examples"] += (
-                int(np.asarray(batch["live"]).sum()) * pop.config.batch_size
-            )
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    host = jax.device_get(session["metrics"])
-    session["train_seconds"] += time.perf_counter() - started - compile_seconds
-    fresh = _stacked(training.empty_metrics, pop.size)  # zero the sums, keep the guard's memory
-    sums = {name: fresh[name] for name in ("loss_sum", "correct", "count")}
-    session["metrics"] = placement.put({**host, **sums})
-    return host
-
-
-def _record(pop: _Population, session: dict, epoch: int, host: dict, log) -> None:
-    train_loss, train_acc = _means(host)
-    eval_loss, eval_acc = _evaluate(pop, session["state"])
-    for m in range(pop.size):
-        session["history"][m].append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": float(train_loss[m]),
-                "train_acc": float(train_acc[m]),
-                "eval_loss": float(eval_loss[m]),
-                "eval_acc": float(eval_acc[m]),
-            }
-        )
-    diverged = np.asarray(host["bad_step"]) >= 0
-    finite = np.where(diverged, -np.inf, eval_acc)
-    best = int(np.argmax(finite))
-    log(
-        f"epoch {epoch + 1}/{pop.config.epochs}  {pop.size} members  eval acc mean "
-        f"{np.mean(eval_acc[~diverged]) if (~diverged).any() else float('nan'):.4f}  best "
-        f"{eval_acc[best]:.4f} (member {best})  diverged {int(diverged.sum())}"
-    )
-
-
-def _meta(pop: _Population, session: dict, epoch: int) -> dict:
-    metrics = jax.device_get(session["metrics"])
-    return {
-        "epoch": epoch,
-        "history": session["history"],
-        "config": training._config_json(pop.config),
-        "members": [m.describe(pop.config) for m in pop.members],
-        "subsets": [hash_indices(s) for s in pop.subsets],
-        "metrics": {k: np.asarray(v).tolist() for k, v in metrics.items()},
-    }
-
-
-def hash_indices(indices: np.ndarray) -> str:
-    """A short fingerprint of an index array (a resumed population must train the same folds)."""
-    import hashlib
-
-    return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()[:16]
-
-
-def _restore(pop: _Population, session: dict, checkpoints, log) -> int:
-    found = checkpoints.latest_intact_meta()
-    if found is None:
-        raise FileNotFoundError(f"--resume: no intact checkpoint in {checkpoints.directory}")
-    _, meta = found
-    training._check_resume_config(meta["config"], pop.config)
-    saved = (meta.get("members"), meta.get("subsets"))
-    now = ([m.describe(pop.config) for m in pop.members], [hash_indices(s) for s in pop.subsets])
-    if saved != now:
+def _build(config, members, module, train_data, eval_data, devices, log) -> PopulationJob:
+    if len(members) % devices:
         raise ValueError(
-            "--resume with other members (seeds, rates or training subsets) than the saved "
-            "population; resume with the same members or start a new workdir"
+            f"{len(members)} members do not divide over {devices} devices; use a multiple of "
+            f"{devices} members"
         )
-    state, meta = checkpoints.restore(session["state"])
-    session["state"] = pop.placement.put(jax.device_get(state))
-    session["history"] = meta["history"]
-    session["metrics"] = pop.placement.put(
-        {
-            k: np.asarray(v, np.asarray(session["host_metrics"][k]).dtype)
-            for k, v in meta["metrics"].items()
-        }
-    )
-    log(f"resumed the population at epoch {meta['epoch']} ({checkpoints.path(int(meta['epoch']))})")
-    return int(meta["epoch"])
+    fns = modules.as_model(module)
+    shape = training.input_shape(config, train_data, eval_data)
+    modules.check_outputs(fns, shape, training.num_classes(train_data, eval_data))
+    modules.check_memory(fns, shape, config.batch_size * len(members) // devices)
+    every = lambda data, chosen: np.arange(len(data)) if chosen is None else np.asarray(chosen)
+    job = PopulationJob(
+        config, list(members), fns, train_data, eval_data, shape,
+        parallel.LeadingAxisSharded(devices), log,
+    )  # fmt: skip
+    job.subsets = [every(train_data, m.train_indices) for m in members]
+    job.eval_subsets = [every(eval_data, m.eval_indices) for m in members]
+    job.member_steps = np.array([len(s) // config.batch_size for s in job.subsets])
+    hyper, field = _hyper(config, members, module, job.member_steps)
+    job.preprocessing = _preprocessing(config, train_data, job.subsets)
+    preprocess = _traced_preprocess(job.preprocessing, hyper)
+    job.train_step, job.eval_step = _member_programs(job, module, field, preprocess)
+    job.hyper = job.placement.put(hyper)
+    job.init = _compiled_init(job, hyper)
+    return job
 
 
-def _rows(pop: _Population, session: dict) -> list[dict]:
-    host = jax.device_get(session["metrics"])
-    rows = []
-    for m, member in enumerate(pop.members):
-        last = session["history"][m][-1] if session["history"][m] else {}
-        bad = int(np.asarray(host["bad_step"])[m])
-        rows.append(
-            {
-                "member": m,
-                **member.describe(pop.config),
-                **{k: v for k, v in last.items() if k != "epoch"},
-                "diverged": bad >= 0 or not np.isfinite(last.get("eval_loss", np.nan)),
-                "bad_step": bad if bad >= 0 else None,
-            }
-        )
-    return rows
+def _compiled_init(job: PopulationJob, hyper: dict) -> Callable:
+    tx_for, fns, placement = _tx_factory(job.config, job.members), job.fns, job.placement
+
+    def member_init(seed, hyper_m):
+        x = jnp.zeros((1, *job.input_shape), jnp.float32)
+        return steps.initial_state(fns, tx_for(hyper_m), x, seed)
+
+    seeds = jax.ShapeDtypeStruct((job.size,), jnp.uint32)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), hyper)
+    jitted = jax.jit(jax.vmap(member_init), in_shardings=placement.split,
+                     out_shardings=placement.split)  # fmt: skip
+    return jitted.lower(seeds, abstract).compile(compiler_options=steps.init_compiler_options())
 
 
 def fit_population(
@@ -564,7 +485,7 @@ def fit_population(
     resume: bool = False,
     overwrite: bool = False,
     devices: int = 1,
-    rows_file: str = "members.jsonl",
+    rows_file: str | None = "members.jsonl",
     log: Callable[[str], None] = print,
 ) -> PopulationResult:
     """Train every member of a population at once (see the module docstring).
@@ -573,135 +494,74 @@ def fit_population(
       config: what the members share (model name or label, optimizer kind, schedule, batch
         size, epochs, resize, normalization, precision); the rates are each member's defaults.
       members: the members (``Member``); P = len(members), one compiled program for any P.
-      workdir: where checkpoints (epoch ends), ``metrics.jsonl`` (one line per member per epoch),
-        ``rows_file`` (one line per member) and ``summary.json`` go; None writes nothing.
+      workdir: where checkpoints, ``metrics.jsonl`` (one line per member per epoch),
+        ``rows_file`` (one line per member; None: not written) and ``summary.json`` go; None
+        writes nothing. Locked, replaced only at the first write with ``overwrite``.
       model: any module ``fit`` accepts (None: the zoo's ``config.model``).
       train_data: the data every member's ``train_indices`` index (default ``config.dataset``'s
         training split); eval_data: what ``eval_indices`` index (default its test split).
-      resume: continue from the latest intact checkpoint (same config and members).
+      resume: continue from the newest intact checkpoint (same config and members).
       devices: split the members over this many devices (P must divide by it).
-      log: one line per epoch (mean and best evaluation accuracy, diverged members).
+      log: one line per epoch (mean and best validation accuracy, diverged members).
 
     Returns:
       A ``PopulationResult`` (``rows`` and ``history`` in member order).
     """
     from jaxnotes import data as jdata
 
-    started = time.perf_counter()
+    phases, session, failing = profiling.Phases(), None, True
     config.validate()
     config = dataclasses.replace(config, model=training.model_label(config, model))
-    if train_data is None:
-        train_data = jdata.load(config.dataset, "train")
-    if eval_data is None:
-        eval_data = jdata.load(config.dataset, "test")
+    train_data = jdata.load(config.dataset, "train") if train_data is None else train_data
+    eval_data = jdata.load(config.dataset, "test") if eval_data is None else eval_data
     _check_members(members, config, train_data, eval_data)
     module = training.resolve_model(config, model, train_data.num_classes)
-    phases = profiling.Phases()
     with profiling.CompileLog() as compiles:
         with phases("build"):
-            pop = _build(config, members, module, train_data, eval_data, devices)
-        seeds = np.array([m.seed for m in members], np.uint32)
-        with phases("init"):
-            state = pop.init(pop.placement.put(seeds), pop.hyper)
-        session = _new_session(pop, state)
-        folder, lock, checkpoints = _open_workdir(config, workdir, resume, overwrite, log)
+            job = _build(config, members, module, train_data, eval_data, devices, log)
         try:
-            first_epoch = _restore(pop, session, checkpoints, log) if resume else 0
-            for epoch in range(first_epoch, config.epochs):
-                with phases("train"):
-                    host = _train_epoch(pop, session, epoch)
-                with phases("evaluate"):
-                    _record(pop, session, epoch, host, log)
-                if folder is not None:
-                    with phases("checkpoint"):
-                        _save_epoch(pop, session, epoch, folder, checkpoints)
-            if checkpoints is not None:
-                checkpoints.wait()
+            with phases("init"):
+                seeds = job.placement.put(np.array([m.seed for m in members], np.uint32))
+                state = job.init(seeds, job.hyper)
+                folder = _open_folder(job, workdir, resume, overwrite)
+                session = runs.start_session(job, state, folder, resume, phases)
+            runs.train_epochs(job, session, lambda record: False)
+            result = _outputs(job, session, compiles, rows_file)
+            failing = False
+            return result
         finally:
-            if checkpoints is not None:
-                checkpoints.close()
-            if lock is not None:
-                lock.release()
-    rows = _rows(pop, session)
-    summary = _summary(pop, session, time.perf_counter() - started, devices, phases, compiles)
-    if folder is not None:
-        _write_jsonl(folder / rows_file, rows)
-        (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        summary["workdir"] = str(folder)
-    return PopulationResult(
-        list(members),
-        jax.device_get(session["state"]),
-        session["history"],
-        rows,
-        summary,
-        module,
-        folder,
+            if session is not None and session.folder is not None:
+                session.folder.close(failing)
+
+
+def _open_folder(job: PopulationJob, workdir, resume: bool, overwrite: bool):
+    if workdir is None:
+        return None
+    return runs.RunFolder.open(
+        workdir, resume=resume, overwrite=overwrite, keep=job.config.keep_checkpoints, log=job.log
     )
 
 
-def _new_session(pop: _Population, state) -> dict:
-    """What changes as the population trains: state, metric sums, history, timings."""
-    host_metrics = _stacked(training.empty_metrics, pop.size)
-    return {
-        "state": state,
-        "metrics": pop.placement.put(host_metrics),
-        "host_metrics": host_metrics,
-        "history": [[] for _ in range(pop.size)],
-        "warm": False,
-        "timed_examples": 0,
-        "train_seconds": 0.0,
-    }
-
-
-def _save_epoch(pop: _Population, session: dict, epoch: int, folder: Path, checkpoints) -> None:
-    """The epoch's metrics lines, and its checkpoint when ``checkpoint_every`` says so."""
-    _write_jsonl(folder / "metrics.jsonl", _metric_lines(session["history"]))
-    every = pop.config.checkpoint_every
-    if every and (epoch + 1) % every == 0:
-        # Numbered by epoch: members take different numbers of steps.
-        saved = jax.device_get(session["state"])  # the buffers are donated
-        checkpoints.save(saved, _meta(pop, session, epoch + 1), step=epoch + 1)
-
-
-def _summary(pop: _Population, session: dict, wall_s: float, devices: int, phases, compiles):
-    config, seconds, examples = pop.config, session["train_seconds"], session["timed_examples"]
-    return {
+def _outputs(job: PopulationJob, session: runs.Session, compiles, rows_file) -> PopulationResult:
+    config, rows = job.config, job.rows(session)
+    summary = {
         "model": config.model,
         "dataset": config.dataset,
-        "members": pop.size,
+        "members": job.size,
         "epochs": config.epochs,
         "resize": config.resize,
-        "examples_per_sec": examples / seconds if seconds > 0 and examples else None,
-        "wall_s": wall_s,
-        "devices": devices,
+        "examples_per_sec": runs.throughput(session),
+        "wall_s": time.perf_counter() - session.phases.started,
+        "devices": job.placement.num_devices,
         "compiled_programs": compiles.count,
-        "profile": {"phases": phases.report(), "compiles": compiles.report()},
+        "profile": {"phases": session.phases.report(), "compiles": compiles.report()},
+        "preprocessing": [p.to_json() for p in job.preprocessing],
     }
-
-
-def _open_workdir(config, workdir, resume, overwrite, log):
-    if workdir is None:
-        if resume:
-            raise FileNotFoundError("--resume: no checkpoint found in (no workdir given)")
-        return None, None, None
-    from jaxnotes.checkpoints import Checkpoints
-
-    folder = workdirs.open_folder(workdir, resume=resume)
-    lock = workdirs.Lock(folder).acquire()
-    try:
-        workdirs.check_reusable(folder, resume=resume, overwrite=overwrite)
-        if overwrite and not resume:
-            workdirs.clear_run(folder)
-        checkpoints = Checkpoints(folder / "checkpoints", config.keep_checkpoints, log)
-    except BaseException:
-        lock.release()
-        raise
-    return folder, lock, checkpoints
-
-
-def _metric_lines(history: list[list[dict]]) -> list[dict]:
-    return [{"member": m, **row} for m, rows in enumerate(history) for row in rows]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    training._write_json_lines(path, rows)
+    if session.folder is not None and rows_file is not None:
+        session.folder.write_json_lines(rows_file, rows)
+    runs.finish(job, session, summary)
+    folder = session.folder.path if session.folder is not None else None
+    return PopulationResult(
+        job.members, jax.device_get(session.state), session.history, rows, summary, job.fns,
+        job.preprocessing, folder,
+    )  # fmt: skip

@@ -91,6 +91,7 @@ class Phases:
 
     def __init__(self):
         self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.started = time.perf_counter()  # the run's wall clock starts with its phases
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:

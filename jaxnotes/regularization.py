@@ -11,7 +11,7 @@
   explicit key per layer and step) and with the zoo's ``nn.Dropout``; dropout narrows the gap
   between training and test accuracy.
 
-Both reuse ``jaxnotes.selection.train_loop`` (minibatch SGD as one ``lax.scan``).
+Both reuse ``jaxnotes.small_models.train_loop`` (minibatch SGD as one ``lax.scan``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import optax
 
 from jaxnotes import data as jdata
 from jaxnotes import ops, optim
+from jaxnotes.losses import masked_mean
 from jaxnotes.models import get_model
-from jaxnotes.selection import classifier_fns, train_loop
+from jaxnotes.small_models import classifier_fns, train_loop
 
 # --- weight decay --------------------------------------------------------------------------------
 
@@ -63,16 +64,13 @@ def weight_decay_data(
 def _squared_loss(params: dict, x: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
     """The book's squared loss (y_hat - y)^2 / 2, mean over the weight-1 examples."""
     y_hat = (x @ params["w"])[:, 0] + params["b"][0]
-    return jnp.sum(w * (y_hat - y) ** 2 / 2) / jnp.maximum(jnp.sum(w), 1.0)
+    return masked_mean((y_hat - y) ** 2 / 2, w)
 
 
 def _decoupled_sgd(learning_rate: Any, weight_decay: Any) -> optax.GradientTransformation:
     """``make_optimizer("sgd", lr, weight_decay=wd)`` for a *traced* wd (make_optimizer checks its
     arguments in Python, so it needs concrete numbers): decay, bias masked, then the rate."""
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=optim.decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
-    )
+    return optim.chain("sgd", learning_rate, 0.0, weight_decay, with_momentum=False)
 
 
 def _fit_linear_wd(
@@ -286,6 +284,24 @@ _fit_dropout_jit = jax.jit(
 )
 
 
+def _noisy_digits(n_train: int, label_noise: float, seed: int):
+    """(X, y, train_idx, test_idx): a seeded slice of digits' training split with a
+    ``label_noise`` fraction of labels redrawn, then the whole clean test split."""
+    train, test = jdata.load("digits", "train"), jdata.load("digits", "test")
+    if not 1 <= n_train <= len(train):
+        raise ValueError(f"n_train must be in [1, {len(train)}], got {n_train}")
+    if not 0.0 <= label_noise <= 1.0:
+        raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+    rng = np.random.default_rng(seed)
+    subset = rng.permutation(len(train))[:n_train]
+    labels = train.labels[subset].copy()
+    noisy = rng.random(n_train) < label_noise
+    labels[noisy] = rng.integers(train.num_classes, size=int(noisy.sum()))
+    X = jnp.asarray(np.concatenate([train.images[subset], test.images]))
+    y = jnp.asarray(np.concatenate([labels, test.labels]))
+    return X, y, jnp.arange(n_train), n_train + jnp.arange(len(test))
+
+
 def dropout_demo(
     *,
     n_train: int = 200,
@@ -320,19 +336,7 @@ def dropout_demo(
         raise ValueError(f"unknown dropout variants {unknown}; valid: {DROPOUT_VARIANTS}")
     if len(rates) != len(hidden):
         raise ValueError(f"one dropout rate per hidden layer: hidden={hidden}, rates={rates}")
-    train, test = jdata.load("digits", "train"), jdata.load("digits", "test")
-    if not 1 <= n_train <= len(train):
-        raise ValueError(f"n_train must be in [1, {len(train)}], got {n_train}")
-    if not 0.0 <= label_noise <= 1.0:
-        raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
-    rng = np.random.default_rng(seed)
-    subset = rng.permutation(len(train))[:n_train]
-    labels = train.labels[subset].copy()
-    noisy = rng.random(n_train) < label_noise
-    labels[noisy] = rng.integers(train.num_classes, size=int(noisy.sum()))
-    X = jnp.asarray(np.concatenate([train.images[subset], test.images]))
-    y = jnp.asarray(np.concatenate([labels, test.labels]))
-    train_idx, test_idx = jnp.arange(n_train), n_train + jnp.arange(len(test))
+    X, y, train_idx, test_idx = _noisy_digits(n_train, label_noise, seed)
     results = {}
     for variant in variants:
         _, final, hist = _fit_dropout_jit(

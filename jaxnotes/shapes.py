@@ -36,7 +36,8 @@ Pair = tuple[int, int]
 Padding1D = int | Sequence[int]
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (an integral float is accepted), else ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         if isinstance(value, numbers.Real) and float(value).is_integer():
             value = int(value)
@@ -56,8 +57,8 @@ def padding_pair(padding: Padding1D, name: str = "padding") -> Pair:
                 f"{name} must be an int (per side) or a pair (before, after), got {padding!r}"
             )
         before, after = padding
-        return _check_int(f"{name} before", before, 0), _check_int(f"{name} after", after, 0)
-    per_side = _check_int(name, padding, 0)
+        return check_int(f"{name} before", before, 0), check_int(f"{name} after", after, 0)
+    per_side = check_int(name, padding, 0)
     return per_side, per_side
 
 
@@ -83,9 +84,9 @@ def pool_output_size(
 
 
 def _window_output_size(fn: str, n: int, k: int, s: int, padding: Padding1D) -> int:
-    n = _check_int(f"{fn}: input size n", n, 1)
-    k = _check_int(f"{fn}: kernel size k", k, 1)
-    s = _check_int(f"{fn}: stride s", s, 1)
+    n = check_int(f"{fn}: input size n", n, 1)
+    k = check_int(f"{fn}: kernel size k", k, 1)
+    s = check_int(f"{fn}: stride s", s, 1)
     before, after = padding_pair(padding, f"{fn}: padding")
     p_total = before + after
     if n + p_total < k:
@@ -97,7 +98,7 @@ def _window_output_size(fn: str, n: int, k: int, s: int, padding: Padding1D) -> 
     return (n - k + p_total + s) // s
 
 
-def _per_dim(value: Any, name: str) -> tuple[Any, Any]:
+def per_dim(value: Any, name: str) -> tuple[Any, Any]:
     """An int (or None) applies to both spatial dims; a pair gives one value per dim."""
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != 2:
@@ -112,7 +113,7 @@ def padding_2d(padding: Any) -> tuple[Pair, Pair]:
     Accepts an int (every side), ``(ph, pw)`` (per side along height and width, the book's
     ``padding=(2, 1)``) or ``((top, bottom), (left, right))``.
     """
-    ph, pw = _per_dim(padding, "padding")
+    ph, pw = per_dim(padding, "padding")
     return padding_pair(ph, "padding (height)"), padding_pair(pw, "padding (width)")
 
 
@@ -123,7 +124,7 @@ def conv_output_shape(
 
     ``padding`` follows :func:`padding_2d`.
     """
-    (kh, kw), (sh, sw) = _per_dim(kernel_size, "kernel_size"), _per_dim(stride, "stride")
+    (kh, kw), (sh, sw) = per_dim(kernel_size, "kernel_size"), per_dim(stride, "stride")
     pad_h, pad_w = padding_2d(padding)
     h, w = hw
     return conv_output_size(h, kh, sh, pad_h), conv_output_size(w, kw, sw, pad_w)
@@ -133,8 +134,8 @@ def pool_output_shape(
     hw: Sequence[int], pool_size: Any, stride: Any = None, padding: Any = 0
 ) -> Pair:
     """Output ``(height, width)`` of a 2-D pooling window; ``stride`` defaults to the window."""
-    (kh, kw) = _per_dim(pool_size, "pool_size")
-    sh, sw = _per_dim(stride, "stride")
+    (kh, kw) = per_dim(pool_size, "pool_size")
+    sh, sw = per_dim(stride, "stride")
     pad_h, pad_w = padding_2d(padding)
     h, w = hw
     return pool_output_size(h, kh, sh, pad_h), pool_output_size(w, kw, sw, pad_w)
@@ -145,7 +146,7 @@ def same_padding(kernel_size: int) -> Pair:
 
     An odd kernel pads evenly; an even kernel puts the extra row after, as XLA's "SAME" does.
     """
-    k = _check_int("same_padding: kernel size", kernel_size, 1)
+    k = check_int("same_padding: kernel size", kernel_size, 1)
     before = (k - 1) // 2
     return before, k - 1 - before
 
@@ -164,24 +165,24 @@ def receptive_field(layers: Iterable[Sequence[int]]) -> int:
             raise ValueError(
                 f"receptive_field: layer {index} must be (kernel, stride), got {layer!r}"
             )
-        kernel = _check_int(f"receptive_field: layer {index} kernel", layer[0], 1)
-        stride = _check_int(f"receptive_field: layer {index} stride", layer[1], 1)
+        kernel = check_int(f"receptive_field: layer {index} kernel", layer[0], 1)
+        stride = check_int(f"receptive_field: layer {index} stride", layer[1], 1)
         field = (field - 1) * stride + kernel
     return field
 
 
 def dense_params(n_in: int, n_out: int, bias: bool = True) -> int:
     """Parameters of a dense layer: ``(n_in + 1) * n_out`` with bias, ``n_in * n_out`` without."""
-    n_in = _check_int("dense_params: n_in", n_in, 1)
-    n_out = _check_int("dense_params: n_out", n_out, 1)
+    n_in = check_int("dense_params: n_in", n_in, 1)
+    n_out = check_int("dense_params: n_out", n_out, 1)
     return (n_in + int(bias)) * n_out
 
 
 def conv_params(c_in: int, c_out: int, kernel_size: Any, bias: bool = True) -> int:
     """Parameters of a 2-D convolution: ``kh * kw * c_in * c_out (+ c_out)``."""
-    c_in = _check_int("conv_params: c_in", c_in, 1)
-    c_out = _check_int("conv_params: c_out", c_out, 1)
-    kh, kw = (_check_int("conv_params: kernel", k, 1) for k in _per_dim(kernel_size, "kernel_size"))
+    c_in = check_int("conv_params: c_in", c_in, 1)
+    c_out = check_int("conv_params: c_out", c_out, 1)
+    kh, kw = (check_int("conv_params: kernel", k, 1) for k in per_dim(kernel_size, "kernel_size"))
     return kh * kw * c_in * c_out + (c_out if bias else 0)
 
 
@@ -285,13 +286,29 @@ def summarize(
       output shape, own parameters, multiply-adds per example), and totals. The parameter total
       equals ``count_params`` of the initialised variables.
     """
-    import flax.linen as nn
-
     input_shape = tuple(int(d) for d in input_shape)
     if not input_shape or input_shape[0] < 1:
         raise ValueError(
             f"summarize: input_shape must start with a batch size >= 1, got {input_shape}"
         )
+    calls, variables = _traced_calls(model, input_shape, dtype, call_kwargs)
+    params = variables.get("params", {})
+    rows = _rows(calls, params, batch=input_shape[0])
+    # The outermost call finishes last.
+    output_shape = calls[-1]["output_shape"] if calls else None
+    return Summary(
+        input_shape=input_shape,
+        output_shape=output_shape,
+        rows=tuple(rows),
+        total_params=count_params(params),
+        total_macs=sum(r.macs for r in rows),
+    )
+
+
+def _traced_calls(model, input_shape, dtype, call_kwargs) -> tuple[list[dict], Any]:
+    """Every ``__call__`` of every submodule during an abstract init: (records, variables)."""
+    import flax.linen as nn
+
     calls: list[dict[str, Any]] = []
     counter = itertools.count()
     stack: list[dict[str, Any]] = []
@@ -319,11 +336,13 @@ def summarize(
             return model.init(rngs, x, **call_kwargs)
 
     variables = jax.eval_shape(init, jax.ShapeDtypeStruct(input_shape, dtype))
-    params = variables.get("params", {})
+    return calls, variables
+
+
+def _rows(calls: list[dict], params: Any, batch: int) -> list[LayerRow]:
+    """One row per module owning parameters or a leaf, in the order the model enters them."""
     subtree_params = {c["path"]: count_params(_subtree(params, c["path"])) for c in calls}
-    batch = input_shape[0]
     rows, seen = [], set()
-    # calls finish children first; show them in the order the model enters them.
     for call in sorted(calls, key=lambda c: c["order"]):
         path = call["path"]
         if not path:  # the model itself: its totals are the footer
@@ -344,12 +363,4 @@ def summarize(
                 macs=call["macs"] // batch,
             )
         )
-    # The outermost call finishes last.
-    output_shape = calls[-1]["output_shape"] if calls else None
-    return Summary(
-        input_shape=input_shape,
-        output_shape=output_shape,
-        rows=tuple(rows),
-        total_params=count_params(params),
-        total_macs=sum(r.macs for r in rows),
-    )
+    return rows

@@ -2,10 +2,11 @@
 
 Rules (nothing of an earlier run is ever lost by accident):
 
-- A folder *holds a run* when it has a checkpoint (``checkpoints/N``) or any of the files a run
-  writes (``summary.json``, ``metrics.jsonl``, ``learning_curves.png``). A new run there needs
-  ``resume`` (continue it) or ``overwrite`` (replace it); the old files then go only when the new
-  run first writes, after every check has passed, so a run that fails early leaves them intact.
+- A folder *holds a run* when it has a checkpoint (``checkpoints/N``), any of the files a run
+  writes (``RUN_FILES``), or a sub-folder that holds a run (a width search's ``width-W``). A new
+  run there needs ``resume`` (continue it) or ``overwrite`` (replace it); the old files then go
+  only when the new run first writes, after every check has passed, so a run that fails early
+  leaves them intact.
 - A folder in use is *locked*: ``.lock`` holds the PID of the run using it under an exclusive
   ``flock``, which the kernel releases when that process ends, even by SIGKILL, so a crashed run
   never leaves a stale lock.
@@ -24,7 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-RUN_FILES = ("summary.json", "metrics.jsonl", "learning_curves.png")
+# What a run (a fit, a population, K-fold or a search) writes into its folder.
+RUN_FILES = (
+    "summary.json", "metrics.jsonl", "learning_curves.png", "members.jsonl", "folds.jsonl",
+    "folds.png", "trials.jsonl", "search.png",
+)  # fmt: skip
+SUB_RUNS = "width-*"  # a search over widths: one population per width, in sub-folders
 LOCK_NAME = ".lock"
 
 
@@ -33,15 +39,25 @@ class WorkdirError(RuntimeError):
 
 
 def has_checkpoint(workdir: str | os.PathLike) -> bool:
-    """Whether ``workdir/checkpoints`` holds at least one step folder."""
+    """Whether ``workdir/checkpoints`` (or a sub-run's) holds at least one step folder."""
     checkpoints = Path(workdir) / "checkpoints"
-    return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+        return True
+    return any(has_checkpoint(sub) for sub in sub_runs(workdir))
+
+
+def sub_runs(workdir: str | os.PathLike) -> list[Path]:
+    """The sub-folders of ``workdir`` that are runs of their own (a width search's)."""
+    workdir = Path(workdir)
+    return sorted(p for p in workdir.glob(SUB_RUNS) if p.is_dir()) if workdir.is_dir() else []
 
 
 def holds_run(workdir: str | os.PathLike) -> bool:
     """Whether ``workdir`` holds (part of) an earlier run: a checkpoint or a run's output file."""
     workdir = Path(workdir)
-    return has_checkpoint(workdir) or any((workdir / name).exists() for name in RUN_FILES)
+    if has_checkpoint(workdir) or any((workdir / name).exists() for name in RUN_FILES):
+        return True
+    return any(holds_run(sub) for sub in sub_runs(workdir))
 
 
 def check_reusable(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
@@ -51,7 +67,7 @@ def check_reusable(workdir: str | os.PathLike, *, resume: bool, overwrite: bool)
         return
     if not overwrite:
         raise WorkdirError(
-            f"{workdir} already holds a run (checkpoints or {', '.join(RUN_FILES)}); pass "
+            f"{workdir} already holds a run (checkpoints, summary.json or other results); pass "
             "--resume to continue it, --overwrite to replace it, or choose another --workdir"
         )
 
@@ -85,6 +101,8 @@ def clear_run(workdir: Path) -> None:
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     for name in RUN_FILES:
         (workdir / name).unlink(missing_ok=True)
+    for sub in sub_runs(workdir):
+        shutil.rmtree(sub, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,3 +35,11 @@ os.environ["JAXNOTES_OFFLINE"] = "1"
 def _private_data_dir(tmp_path, monkeypatch):
     """Each test keeps downloaded and decoded data sets to itself (never ~/.cache/jaxnotes)."""
     monkeypatch.setenv("JAXNOTES_DATA_DIR", str(tmp_path / "jaxnotes-data"))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits data set: (train, test)."""
+    from jaxnotes import data
+
+    return data.load("digits", "train"), data.load("digits", "test")

@@ -129,3 +129,50 @@ def test_every_module_imports_alone():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
+
+
+# Sizes a reader can hold in mind: a module read in one sitting, a function on one screen.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 600, 60
+SOURCES = sorted([*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "train").rglob("*.py")])
+
+
+def _functions(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node.name, node.end_lineno - node.lineno + 1
+
+
+def test_modules_and_functions_stay_small():
+    long_modules = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in SOURCES
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    long_functions = {
+        f"{p.relative_to(PACKAGE.parent)}:{name}": n
+        for p in SOURCES
+        for name, n in _functions(p)
+        if n > MAX_FUNCTION_LINES
+    }
+    assert not long_modules, long_modules
+    assert not long_functions, long_functions
+
+
+def test_no_module_uses_another_modules_private_names():
+    # `module._name` reaches past a module's interface; each concern exports what others need.
+    own = {_module_name(p).rpartition(".")[2] for p in PACKAGE.rglob("*.py")}
+    found = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name)
+                and node.value.id in own
+                and node.value.id != path.stem
+            ):
+                found.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value.id}.{node.attr}"
+                )
+    assert not found, found

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import fit_quietly, quick_config
 
 from jaxnotes import data, optim, parallel, plots, training
 from jaxnotes.models import cpu_kernels, get_model
@@ -21,20 +22,7 @@ from train import cli
 STEPS = 1257 // 64
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load("digits", "train"), data.load("digits", "test")
-
-
-def _config(**overrides):
-    base = dict(model="mlp", epochs=2, batch_size=64, progress=False)
-    return training.TrainConfig(**{**base, **overrides})
-
-
-def _fit(config, digits, workdir=None, **kwargs):
-    return training.fit(
-        config, workdir, train_data=digits[0], test_data=digits[1], log=lambda s: None, **kwargs
-    )
+_config, _fit = quick_config, fit_quietly
 
 
 def test_summary_json_is_the_printed_line(tmp_path, capsys, monkeypatch):
@@ -65,13 +53,13 @@ def test_standardize_uses_the_training_split_statistics_only(digits):
     parts = training.build(_config(normalization="standardize"), train, test_data=shifted)
     flat = np.asarray(train.images, np.float64).reshape(-1, 1)
     mean, std = flat.mean(0), flat.std(0)
-    got = np.asarray(parts["preprocess"](jnp.asarray(shifted.images[:16])))
+    got = np.asarray(parts.preprocess(jnp.asarray(shifted.images[:16])))
     np.testing.assert_allclose(got, (shifted.images[:16] - mean) / std, rtol=1e-4, atol=1e-5)
 
 
 def test_the_cosine_schedule_is_the_closed_form():
     config = _config(schedule="cosine", learning_rate=0.3)
-    schedule = training._learning_rate(config, total_steps=100)
+    schedule = training.schedule(config, total_steps=100)
     for t in (0, 1, 25, 50, 99, 100, 150):
         expected = 0.3 * 0.5 * (1 + math.cos(math.pi * min(t, 100) / 100))
         assert float(schedule(t)) == pytest.approx(expected, rel=1e-6, abs=1e-7)  # float32

@@ -484,8 +484,10 @@ def test_bfloat16_computation_float32_params_and_logits():
 
 def test_registry():
     expected = {"mlp", "lenet", "alexnet", "vgg11", "vgg11_small", "vgg16", "nin", "googlenet"}
+    expected |= {"lenet_bn", "resnet18", "densenet"}  # chapters 11-13: tests/test_modern_cnn.py
     assert set(MODELS) == set(BOOK_INPUT_SIZE) == expected
     kinds = {"mlp": MLP, "lenet": LeNet, "alexnet": AlexNet, "nin": NiN, "googlenet": GoogLeNet}
+    kinds |= {"lenet_bn": models.LeNetBN, "resnet18": models.ResNet, "densenet": models.DenseNet}
     for name in expected:
         model = get_model(name, num_classes=3)
         assert isinstance(model, kinds.get(name, VGG)) and model.num_classes == 3

@@ -5,6 +5,7 @@ alone), a plain optax loop written here, and NumPy averaging of separately train
 """
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -12,20 +13,12 @@ import jax
 import numpy as np
 import optax
 import pytest
-from processes import signal_when
+from helpers import subset
+from processes import checkpoints_at_least, signal_when
 from user_models import TinyResNet
 
 from jaxnotes import data, optim, population, selection, training
 from jaxnotes.models import get_model
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load("digits", "train"), data.load("digits", "test")
-
-
-def _subset(dataset, idx):
-    return data.from_arrays(dataset.images[idx], dataset.labels[idx], dataset.num_classes)
 
 
 def _alone(config, member, train, test, model=None):
@@ -41,8 +34,8 @@ def _alone(config, member, train, test, model=None):
     alone = training.TrainConfig(
         **{**_fields(config), **overrides, "seed": member.seed, "model_kwargs": kwargs}
     )
-    subset = train if member.train_indices is None else _subset(train, member.train_indices)
-    return training.fit(alone, model=model, train_data=subset, test_data=test, log=lambda s: None)
+    part = train if member.train_indices is None else subset(train, member.train_indices)
+    return training.fit(alone, model=model, train_data=part, test_data=test, log=lambda s: None)
 
 
 def _fields(config):
@@ -61,8 +54,8 @@ def _assert_member_equals(result, index, alone):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for ours_epoch, alone_epoch in zip(result.history[index], alone.history, strict=True):
         np.testing.assert_allclose(ours_epoch["train_loss"], alone_epoch["train_loss"], rtol=1e-5)
-        np.testing.assert_allclose(ours_epoch["eval_loss"], alone_epoch["test_loss"], rtol=1e-5)
-        assert ours_epoch["eval_acc"] == pytest.approx(alone_epoch["test_acc"], abs=1e-9)
+        np.testing.assert_allclose(ours_epoch["val_loss"], alone_epoch["test_loss"], rtol=1e-5)
+        assert ours_epoch["val_acc"] == pytest.approx(alone_epoch["test_acc"], abs=1e-9)
 
 
 def test_members_equal_separate_fits_with_dropout_rates_and_subsets(digits):
@@ -97,10 +90,49 @@ def test_members_equal_separate_fits_with_dropout_rates_and_subsets(digits):
         _assert_member_equals(result, i, _alone(config, member, train, test))
 
 
-def test_members_with_batchnorm_state_equal_separate_fits(digits):
+def test_a_member_is_bit_identical_whatever_the_other_members_are(digits):
+    # The same compiled program (same P, same shapes, the settings traced): member 0's numbers
+    # may not depend on its partner's rate, seed or subset. Bit-equality is claimed only here,
+    # where the program is the same one.
     train, test = digits
-    # SGD with momentum: Adam would turn the float noise in the gradient of the stem conv's
-    # bias (which the BatchNorm after it cancels, so its gradient is ~1e-9) into +-lr steps.
+    config = training.TrainConfig(
+        epochs=2, batch_size=32, optimizer="momentum", learning_rate=0.05, progress=False
+    )
+    first = population.Member(seed=0, train_indices=np.arange(0, 1000))
+    partners = [
+        population.Member(seed=4, learning_rate=0.02, train_indices=np.arange(200, 1257)),
+        population.Member(seed=9, learning_rate=0.3, train_indices=np.arange(0, 600)),
+    ]
+    results = [
+        population.fit_population(
+            config,
+            [first, partner],
+            model=TinyResNet(),
+            train_data=train,
+            eval_data=test,
+            log=lambda s: None,
+        )  # fmt: skip
+        for partner in partners
+    ]
+    a, b = (r.member_state(0) for r in results)
+    assert "batch_stats" in a.model_state
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert results[0].history[0] == results[1].history[0]
+    assert results[0].history[1] != results[1].history[1]  # the partners did differ
+
+
+# A population and a separate fit are two differently compiled programs: on another CPU, or
+# with another XLA codegen, their last bits differ, and momentum + BatchNorm grow that over the
+# steps (the conv biases before a BatchNorm get gradients of pure float noise). The noise floor,
+# measured on the same run compiled two other ways (``steps_per_dispatch`` 2 instead of 1, and
+# XLA_FLAGS=--xla_cpu_enable_fast_math=true), on an Intel Xeon and an AMD EPYC host: validation
+# loss within 1.3e-3 (relative 8e-4), accuracy within 1 of 540 examples, test predictions
+# agreeing on >= 99.6%. The bounds below are about 4x those.
+LOSS_RTOL, ACC_EXAMPLES, AGREEMENT = 3e-3, 3, 0.985
+
+
+def test_members_with_batchnorm_state_match_separate_fits_to_the_noise_floor(digits):
+    train, test = digits
     config = training.TrainConfig(
         epochs=2, batch_size=32, optimizer="momentum", learning_rate=0.05, progress=False
     )
@@ -111,9 +143,15 @@ def test_members_with_batchnorm_state_equal_separate_fits(digits):
     result = population.fit_population(
         config, members, model=TinyResNet(), train_data=train, eval_data=test, log=lambda s: None
     )
-    assert "batch_stats" in result.state.model_state
+    probabilities = result.predict(test.images)
     for i, member in enumerate(members):
-        _assert_member_equals(result, i, _alone(config, member, train, test, TinyResNet()))
+        alone = _alone(config, member, train, test, TinyResNet())
+        for ours, theirs in zip(result.history[i], alone.history, strict=True):
+            assert ours["val_loss"] == pytest.approx(theirs["test_loss"], rel=LOSS_RTOL)
+            assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=LOSS_RTOL)
+            assert abs(ours["val_acc"] - theirs["test_acc"]) * len(test) <= ACC_EXAMPLES
+        agree = np.mean(probabilities[i].argmax(-1) == alone.predict(test.images).argmax(-1))
+        assert agree >= AGREEMENT
 
 
 def test_one_program_whatever_the_population_size(digits):
@@ -137,7 +175,7 @@ def test_a_diverging_member_is_marked_and_the_others_train_on(digits):
     result = population.fit_population(
         config, members, train_data=train, eval_data=test, log=lambda s: None
     )
-    assert not result.rows[0]["diverged"] and result.rows[0]["eval_acc"] > 0.7
+    assert not result.rows[0]["diverged"] and result.rows[0]["val_acc"] > 0.7
     assert result.rows[1]["diverged"] and result.rows[1]["bad_step"] is not None
 
 
@@ -153,7 +191,7 @@ def test_k_fold_folds_equal_separate_fits_and_the_ensemble_uses_every_fold(digit
     probabilities = []
     for i, (train_idx, val_idx) in enumerate(kfold.folds):
         alone = _alone(
-            config, population.Member(train_indices=train_idx), train, _subset(train, val_idx)
+            config, population.Member(train_indices=train_idx), train, subset(train, val_idx)
         )
         np.testing.assert_allclose(
             kfold.metrics["val_acc"][i], alone.summary["test_acc"], atol=1e-9
@@ -240,7 +278,7 @@ def test_width_is_searched_as_one_population_per_width(digits):
         ({}, "search space is empty"),
         ({"lr": ("log", 0.1, 1)}, r"unknown parameter\(s\) \['lr'\]"),
         ({"learning_rate": ("log", 0.0, 0.1)}, "low must be > 0"),
-        ({"learning_rate": ("uniform", -0.5, 0.1)}, "learning_rate must be > 0"),
+        ({"learning_rate": ("uniform", -0.5, 0.1)}, "learning_rate must be a finite number > 0"),
         ({"dropout": ("uniform", 0.5, 1.5)}, r"dropout must be in \[0, 1\)"),
         ({"momentum": [0.5, 1.0]}, r"momentum must be in \[0, 1\)"),
         ({"width": [16, 2.5]}, "width must be a positive integer"),
@@ -282,7 +320,7 @@ def test_runner_k_fold_and_search_write_their_tables(tmp_path):
         json.loads(line) for line in (tmp_path / "kf" / "folds.jsonl").read_text().splitlines()
     ]
     assert len(folds) == 3 and summary["k_fold"] == 3
-    assert summary["val_acc"] == pytest.approx(np.mean([f["eval_acc"] for f in folds]))
+    assert summary["val_acc"] == pytest.approx(np.mean([f["val_acc"] for f in folds]))
     assert (tmp_path / "kf" / "folds.png").stat().st_size > 1000
     assert summary["test_acc"] is None and "fold" in out
     summary, _ = run(
@@ -302,38 +340,84 @@ def test_runner_k_fold_and_search_write_their_tables(tmp_path):
     assert (tmp_path / "s" / "search.png").stat().st_size > 1000
 
 
-def test_a_killed_population_resumes_to_the_uninterrupted_result(tmp_path):
-    args = [
-        sys.executable,
-        "-m",
-        "train",
-        "--model",
-        "mlp",
-        "--k-fold",
-        "3",
-        "--epochs",
-        "4",
-        "--no-progress",
-    ]
-    straight = subprocess.run(
-        [*args, "--workdir", "straight"], cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    signal_when(
-        [*args, "--workdir", "crashed"], tmp_path / "crashed" / "checkpoints" / "2", cwd=tmp_path
-    ).wait()
-    resumed = subprocess.run(
-        [*args, "--workdir", "crashed", "--resume"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+K_FOLD_RUN = ["-m", "train", "--model", "mlp", "--k-fold", "3", "--epochs", "4", "--no-progress"]
+
+
+def _runner(tmp_path, *args, **kwargs):
+    return subprocess.run(
+        [sys.executable, *K_FOLD_RUN, *args], cwd=tmp_path, capture_output=True, text=True,
+        timeout=600, **kwargs,
+    )  # fmt: skip
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight_k_fold(tmp_path_factory):
+    """The uninterrupted K-fold run the interrupted ones must end equal to."""
+    tmp_path = tmp_path_factory.mktemp("straight")
+    done = _runner(tmp_path, "--workdir", "straight")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tmp_path / "straight"
+
+
+def test_a_killed_population_resumes_to_the_uninterrupted_result(tmp_path, straight_k_fold):
+    command = [sys.executable, *K_FOLD_RUN, "--workdir", "crashed"]
+    signal_when(command, checkpoints_at_least(tmp_path / "crashed" / "checkpoints", 2),
+                cwd=tmp_path).wait()  # fmt: skip
+    resumed = _runner(tmp_path, "--workdir", "crashed", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed the population at epoch" in resumed.stdout
-    a = (tmp_path / "straight" / "folds.jsonl").read_text().splitlines()
-    b = (tmp_path / "crashed" / "folds.jsonl").read_text().splitlines()
-    assert [json.loads(x) for x in a] == [json.loads(x) for x in b]
+    assert "resumed from step" in resumed.stdout
+    assert _rows(straight_k_fold / "folds.jsonl") == _rows(tmp_path / "crashed" / "folds.jsonl")
+
+
+def test_ctrl_c_stops_a_population_in_one_line_and_it_resumes_exactly(tmp_path, straight_k_fold):
+    command = [sys.executable, *K_FOLD_RUN, "--workdir", "stopped"]
+    process = signal_when(
+        command, checkpoints_at_least(tmp_path / "stopped" / "checkpoints", 1), signal.SIGINT,
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("python -m train: interrupted at step "), stderr[-2000:]
+    assert "--resume continues from checkpoint" in lines[-1] and "Traceback" not in stderr
+    assert not (tmp_path / "stopped" / "summary.json").exists()  # the run did not go on
+    resumed = _runner(tmp_path, "--workdir", "stopped", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for ours, theirs in zip(
+        _rows(tmp_path / "stopped" / "folds.jsonl"), _rows(straight_k_fold / "folds.jsonl"),
+        strict=True,
+    ):  # fmt: skip
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():
+            assert ours[key] == (
+                pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
+            )
+
+
+def test_overwrite_with_a_setting_that_fails_leaves_the_finished_population_intact(
+    tmp_path, straight_k_fold
+):
+    import hashlib
+    import shutil
+
+    shutil.copytree(straight_k_fold, tmp_path / "kf")
+    digests = lambda: {
+        str(p.relative_to(tmp_path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((tmp_path / "kf").rglob("*")) if p.is_file() and p.name != ".lock"
+    }  # fmt: skip
+    before = digests()
+    # LeNet cannot take 2x2 inputs: the population's own model check refuses it, after the
+    # runner's checks passed and before the folder's old run is touched.
+    failed = _runner(
+        tmp_path, "--workdir", "kf", "--overwrite", "--model", "lenet", "--resize", "2"
+    )
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr[-2000:]
+    assert "lenet" in failed.stderr.lower() and len(failed.stderr.strip().splitlines()) <= 2
+    assert digests() == before
 
 
 def test_bad_members_are_refused_before_training(digits):
@@ -341,7 +425,10 @@ def test_bad_members_are_refused_before_training(digits):
     config = training.TrainConfig(model="mlp", epochs=1, batch_size=64, progress=False)
     cases = [
         ([], "at least one member"),
-        ([population.Member(learning_rate=-1.0)], "learning_rate must be > 0"),
+        (
+            [population.Member(learning_rate=-1.0)],
+            "member 0: learning_rate must be a finite number > 0",
+        ),
         ([population.Member(dropout=1.0)], r"dropout must be in \[0, 1\)"),
         ([population.Member(train_indices=np.array([0, 5000]))], "outside the data set's"),
         ([population.Member(train_indices=np.arange(10))], "fewer than one batch of 64"),

@@ -10,7 +10,7 @@ import pytest
 
 from jaxnotes import regularization as reg
 from jaxnotes.models import get_model
-from jaxnotes.selection import epoch_order
+from jaxnotes.small_models import epoch_order
 
 
 @pytest.fixture(scope="module")

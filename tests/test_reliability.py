@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import fit_quietly, quick_config
 from processes import signal_when
 
 from jaxnotes import data, training
@@ -32,19 +33,7 @@ QUICK = ["--model", "mlp", "--batch-size", "64", "--no-progress"]  # 19 steps pe
 STEPS = 1257 // 64
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load("digits", "train"), data.load("digits", "test")
-
-
-def _config(**overrides) -> training.TrainConfig:
-    base = dict(model="mlp", epochs=2, batch_size=64, learning_rate=0.1, progress=False)
-    return training.TrainConfig(**{**base, **overrides})
-
-
-def _fit(config, digits, workdir=None, **kwargs):
-    kwargs.setdefault("log", lambda line: None)
-    return training.fit(config, workdir, train_data=digits[0], test_data=digits[1], **kwargs)
+_config, _fit = quick_config, fit_quietly
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -464,7 +453,7 @@ def test_train_and_test_images_of_different_sizes_name_both():
     train = data.from_arrays(rng.random((64, 8, 8)), rng.integers(0, 10, 64), num_classes=10)
     test = data.from_arrays(rng.random((16, 12, 10)), rng.integers(0, 10, 16), num_classes=10)
     with pytest.raises(
-        ValueError, match=r"train images are 8x8x1 but test images are 12x10x1.*--resize"
+        ValueError, match=r"train images are 8x8x1 but evaluation images are 12x10x1.*--resize"
     ):
         training.fit(
             _config(epochs=1, batch_size=16), train_data=train, test_data=test, log=lambda s: None

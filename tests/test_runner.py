@@ -2,7 +2,6 @@
 
 import json
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import run_runner
 from processes import signal_when
 
 from train import cli
@@ -18,15 +18,7 @@ REQUIRED_KEYS = {"model", "dataset", "epochs", "train_loss", "train_acc", "test_
 REQUIRED_KEYS |= {"examples_per_sec", "wall_s"}
 
 
-def _run(args, cwd, **kwargs):
-    return subprocess.run(
-        [sys.executable, "-m", "train", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        **kwargs,
-    )
+_run = run_runner
 
 
 def test_default_job_lenet_on_digits(tmp_path):
@@ -85,8 +77,8 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
         (["--model", "resnet"], "unknown model 'resnet'"),
         (["--dataset", "cifar"], "unknown dataset 'cifar'"),
         (["--dataset", "idx:/no/such/dir"], "not a directory"),
-        (["--lr", "0"], "learning rate must be > 0"),
-        (["--lr", "-1"], "learning rate must be > 0"),
+        (["--lr", "0"], "--lr must be a finite number > 0"),
+        (["--lr", "-1"], "--lr must be a finite number > 0"),
         (["--batch-size", "5000", "--epochs", "1"], "larger than the data set"),
         (["--resume", "--workdir", "nothing-here"], "no checkpoint"),
         (["--workdir", "afile/sub"], "not writable"),
@@ -110,9 +102,14 @@ def test_bad_flag_exit_code_from_the_shell(tmp_path):
     done = _run(["--model", "nope"], tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "python -m train: error: unknown model 'nope'; expected one of mlp, lenet, alexnet, "
-        "vgg11, vgg11_small, vgg16, nin, googlenet"
+        f"python -m train: error: unknown model 'nope'; expected one of {', '.join(cli.MODELS)}"
     ]
+
+
+def test_the_runner_offers_exactly_the_zoo():
+    from jaxnotes.models import MODELS
+
+    assert set(cli.MODELS) == set(MODELS)
 
 
 def test_existing_checkpoints_are_not_overwritten_silently(tmp_path, monkeypatch, capsys):

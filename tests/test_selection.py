@@ -213,3 +213,24 @@ def test_standardization_fit_on_train_vs_all():
     # fit on train: the drifted test set is visibly off-centre; fit on all: pulled back to 0
     assert result["fit_on_train"]["test_mean"] > result["fit_on_all"]["test_mean"] + 0.1
     assert abs(result["fit_on_all"]["test_mean"]) < abs(result["fit_on_train"]["test_mean"])
+
+
+@pytest.mark.parametrize("normalization, channels", [("standardize", 1), ("imagenet", 3)])
+def test_the_fold_ensemble_predicts_with_the_runs_own_preprocessing(
+    digits, normalization, channels
+):
+    # The ensemble must see the test images as the folds saw theirs in training (normalized,
+    # with the fold's own training statistics): then it scores like the folds do on their
+    # held-out parts. Predicting with another preprocessing drops it far below.
+    train, test = digits
+    rgb = lambda d: jdata.from_arrays(np.repeat(d.images, channels, axis=-1), d.labels, 10)
+    train, test = rgb(train), rgb(test)
+    config = TrainConfig(
+        model="mlp", epochs=4, batch_size=32, learning_rate=0.1, normalization=normalization,
+        progress=False,
+    )  # fmt: skip
+    cv = selection.k_fold_cv("mlp", train, 3, config=config)
+    ensemble = selection.ensemble_predict(cv, test.images)
+    accuracy = float(np.mean(ensemble.argmax(-1) == test.labels))
+    assert accuracy == pytest.approx(cv.mean["val_acc"], abs=0.05)
+    assert cv.mean["val_acc"] > 0.8

@@ -8,28 +8,17 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from helpers import fit_quietly, quick_config
 
 from jaxnotes import data, optim, training
 from jaxnotes.models import get_model
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load("digits", "train"), data.load("digits", "test")
-
-
 def _mlp_config(**overrides) -> training.TrainConfig:
-    base = dict(
-        model="mlp", dataset="digits", epochs=3, batch_size=64, learning_rate=0.1, progress=False
-    )
-    return training.TrainConfig(**{**base, **overrides})
+    return quick_config(**{"epochs": 3, **overrides})
 
 
-def _fit(config, digits, workdir=None, **kwargs):
-    train, test = digits
-    return training.fit(
-        config, workdir, train_data=train, test_data=test, log=lambda line: None, **kwargs
-    )
+_fit = fit_quietly
 
 
 def test_train_step_equals_a_hand_written_sgd_step():
@@ -162,7 +151,7 @@ def test_guard_keeps_the_last_good_checkpoint(digits, tmp_path):
 
 def test_bf16_computes_in_bf16_and_keeps_float32_parameters(digits):
     config = _mlp_config(precision="bf16")
-    assert training.build(config, digits[0])["model"].dtype == jnp.bfloat16
+    assert training.build(config, digits[0]).model.dtype == jnp.bfloat16
     result = _fit(config, digits)
     dtypes = {leaf.dtype for leaf in jax.tree.leaves(result.state.params)}
     assert dtypes == {jnp.dtype(jnp.float32)}
@@ -181,10 +170,10 @@ def test_config_validation_names_every_rule():
         "epochs": (0, "epochs must be >= 1"),
         "batch_size": (0, "batch_size must be >= 1"),
         "eval_batch_size": (-1, "eval_batch_size must be >= 1"),
-        "learning_rate": (0.0, "learning rate must be > 0"),
+        "learning_rate": (0.0, "learning_rate must be a finite number > 0"),
         "optimizer": ("rmsprop", "optimizer must be one of"),
         "momentum": (1.0, r"momentum must be in \[0, 1\)"),
-        "weight_decay": (-1.0, "weight decay must be >= 0"),
+        "weight_decay": (-1.0, "weight_decay must be a finite number >= 0"),
         "decoupled": ("no", "decoupled must be True or False"),
         "schedule": ("step", "schedule must be one of constant, cosine"),
         "model_kwargs": ([], "model_kwargs must be a dict"),

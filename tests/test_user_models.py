@@ -22,11 +22,6 @@ from jaxnotes import data, optim, training
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load("digits", "train"), data.load("digits", "test")
-
-
 def _config(**overrides) -> training.TrainConfig:
     base = dict(
         dataset="digits",
@@ -69,13 +64,13 @@ def test_linen_batchnorm_model_trains_and_its_statistics_follow_numpy(digits):
     # One step, then the stem BatchNorm's running averages against NumPy on the same batch.
     config = _config()
     parts = training.build(config, digits[0], model=TinyResNet())
-    state = training.create_train_state(parts["fns"], parts["tx"], (8, 8, 1), config.seed)
+    state = training.create_train_state(parts.fns, parts.tx, (8, 8, 1), config.seed)
     kernel = np.asarray(state.params["Conv_0"]["kernel"], np.float64)
     bias = np.asarray(state.params["Conv_0"]["bias"], np.float64)
     batch = next(data.train_batches(digits[0], 32, seed=config.seed, epoch=0))
     pre_bn = _conv_same(np.asarray(batch["image"], np.float64), kernel, bias)
     mean, var = pre_bn.mean(axis=(0, 1, 2)), pre_bn.var(axis=(0, 1, 2))  # biased, as BN uses
-    state, _ = parts["train_step"](state, batch, training.empty_metrics())
+    state, _ = parts.train_step(state, batch, training.empty_metrics())
     got = state.model_state["batch_stats"]["BatchNorm_0"]
     np.testing.assert_allclose(got["mean"], (1 - MOMENTUM) * mean, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got["var"], MOMENTUM + (1 - MOMENTUM) * var, rtol=1e-5)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from jaxnotes import presets
 
-MODELS = ("mlp", "lenet", "alexnet", "vgg11", "vgg11_small", "vgg16", "nin", "googlenet")
+MODELS = ("mlp", "lenet", "alexnet", "vgg11", "vgg11_small", "vgg16", "nin", "googlenet",
+          "lenet_bn", "resnet18", "densenet")  # fmt: skip
 
 
 class UsageError(Exception):
@@ -31,6 +32,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the book's settings: classic (the PyTorch 0.17 edition, the notes') or d2l1 (the "
         "current d2l.ai edition); for fashion_mnist / mnist / idx: data",
     )
+    _training_flags(parser)
+    _device_flags(parser)
+    _run_flags(parser)
+    _population_flags(parser)
+    return parser.parse_args(argv)
+
+
+def _training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="learning rate")
@@ -58,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--normalization", default="scale", choices=("scale", "standardize", "imagenet")
     )
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+
+
+def _device_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, default=1, help="data-parallel devices (global)")
     parser.add_argument(
         "--parallel",
@@ -80,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=180,
         help="multi-host: seconds to wait for all processes to join (default 180)",
     )
+
+
+def _run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", help="default: runs/MODEL-DATASET/TIMESTAMP")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument(
@@ -92,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=1, help="epochs (0: never)")
     parser.add_argument("--checkpoint-every-steps", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _population_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--k-fold", type=int, metavar="K", help="K-fold cross-validation on the training split"
     )
@@ -107,11 +125,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="do not use JAX's persistent compilation cache ($JAXNOTES_CACHE_DIR or "
         "~/.cache/jaxnotes/xla; JAXNOTES_COMPILE_CACHE=0 does the same)",
     )
-    return parser.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace):
     """Flags over the preset for (model, dataset); raises UsageError for impossible values."""
+    from jaxnotes.config import value_error
     from jaxnotes.training import TrainConfig
 
     if args.model not in MODELS:
@@ -141,8 +159,9 @@ def build_config(args: argparse.Namespace):
             args.model == "googlenet" and not model_kwargs.get("aux_logits", False)
         ):
             raise UsageError(f"--dropout: {args.model} has no dropout layer in the book")
-        if not 0.0 <= args.dropout < 1.0:
-            raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
+        message = value_error("dropout", args.dropout)
+        if message:
+            raise UsageError("--" + message)
         model_kwargs["aux_dropout" if args.model == "googlenet" else "dropout"] = args.dropout
     config = TrainConfig(
         model=args.model,
@@ -177,6 +196,8 @@ def _as_flag(message: str) -> str:
 
 
 FIELD_FLAGS = {
+    "learning_rate": "--lr",
+    "weight_decay": "--weight-decay",
     "seed": "--seed",
     "log_every": "--log-every",
     "checkpoint_every_steps": "--checkpoint-every-steps",

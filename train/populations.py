@@ -14,9 +14,10 @@ every fold's validation curve; ``search.png``: the score against each hyper-para
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
+
+from jaxnotes.config import VALUE_RULES
 
 # --search-space names: the short ones the flag takes, and the parameters they set
 NAMES = {
@@ -74,10 +75,14 @@ def _parse_value(name: str, value: str):
     kind = parts[2] if len(parts) == 3 else ("log" if name in LOG_BY_DEFAULT else "uniform")
     if kind not in ("log", "uniform"):
         raise ValueError(f"the scale must be log or uniform, got {kind!r}")
-    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-        raise ValueError(f"the range must have finite LOW < HIGH, got {low:g} >= {high:g}")
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError(f"the range must have finite LOW <= HIGH, got {low:g} > {high:g}")
     if kind == "log" and low <= 0:
         raise ValueError("a log-uniform range needs LOW > 0")
+    for end in (low, high):  # the one table of ranges (jaxnotes.config.VALUE_RULES)
+        rule = VALUE_RULES[name]
+        if not rule.holds(end):
+            raise ValueError(f"{name} must be {rule.text}, got {end:g}")
     return (kind, low, high)
 
 
@@ -124,7 +129,7 @@ def run(args, config, workdir, log=print) -> dict:
         folder = cv.population.workdir
         _table([{"fold": i, **r} for i, r in enumerate(cv.population.rows)], log)
         if folder is not None:
-            selection.plot_k_fold(cv, folder / "folds.png")
+            _save_plot(lambda path: selection.plot_k_fold(cv, path), folder / "folds.png")
         summary = {
             **_common(config, cv.population.summary),
             "k_fold": cv.k,
@@ -143,10 +148,8 @@ def run(args, config, workdir, log=print) -> dict:
         )  # fmt: skip
         folder = workdir
         _table(rows, log)
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            selection.plot_search(rows, folder / "search.png")
+        if folder is not None:  # trials.jsonl: written by the search, best first
+            _save_plot(lambda path: selection.plot_search(rows, path), folder / "search.png")
         best = rows[0]
         summary = {
             **_common(config, None),
@@ -162,6 +165,12 @@ def run(args, config, workdir, log=print) -> dict:
     return summary
 
 
+def _save_plot(draw, path) -> None:
+    from jaxnotes import plots
+
+    plots.close(draw(path))
+
+
 def _common(config, population_summary: dict | None) -> dict:
     out = {"model": config.model, "dataset": config.dataset, "epochs": config.epochs}
     out["test_acc"] = None  # model selection never looks at the test split
@@ -174,7 +183,7 @@ def _common(config, population_summary: dict | None) -> dict:
 
 
 COLUMNS = ("fold", "trial", "learning_rate", "weight_decay", "momentum", "dropout", "width")
-RESULTS = ("train_loss", "val_acc", "eval_acc", "diverged")
+RESULTS = ("train_loss", "val_acc", "diverged")
 
 
 def _table(rows: list[dict], log) -> None:

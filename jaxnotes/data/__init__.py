@@ -10,6 +10,7 @@ from jaxnotes.data.idx import read_idx, write_idx
 from jaxnotes.data.pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Preprocessing,
     channel_stats,
     epoch_permutation,
     eval_batches,
@@ -48,6 +49,7 @@ __all__ = [
     "SPLITS",
     "VALID_NAMES",
     "Dataset",
+    "Preprocessing",
     "CLASS_NAMES",
     "DatasetUnavailableError",
     "data_dir_default",

@@ -16,6 +16,7 @@ arithmetic; resizing 28 -> 224 on the host would multiply the bytes to transfer 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -234,6 +235,43 @@ def make_preprocess(
         return x
 
     return preprocess
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """A run's whole input preprocessing, as data: what training saw is what prediction sees.
+
+    resize: the side the model sees (None: as stored); normalization: "scale", "standardize"
+    or "imagenet"; mean/std: the per-channel statistics "standardize" uses (of the training
+    split only, see :meth:`of`). Stored in checkpoints and ``summary.json`` (:meth:`to_json`), so a
+    restored run, a fold ensemble and an export all preprocess exactly as the run trained.
+    """
+
+    resize: int | None = None
+    normalization: str = "scale"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, resize: int | None, normalization: str, train_data=None) -> Preprocessing:
+        """The preprocessing of a run; "standardize" takes its statistics from ``train_data``."""
+        if normalization != "standardize":
+            return cls(resize, normalization)
+        mean, std = channel_stats(train_data)
+        return cls(resize, normalization, tuple(map(float, mean)), tuple(map(float, std)))
+
+    def function(self) -> Callable[[jax.Array], jax.Array]:
+        """The jit-able (B, H, W, C) -> (B, S, S, C) float32 function (``make_preprocess``)."""
+        return make_preprocess(self.resize, self.normalization, self.mean, self.std)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict) -> Preprocessing:
+        tup = lambda v: None if v is None else tuple(float(x) for x in v)
+        return cls(record.get("resize"), record["normalization"], tup(record.get("mean")),
+                   tup(record.get("std")))  # fmt: skip
 
 
 def prefetch_to_device(

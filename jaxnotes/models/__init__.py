@@ -2,8 +2,10 @@
 
 Inputs are NHWC float arrays; every model returns float32 logits (GoogLeNet with aux heads, in
 training: ``(logits, *aux)``) and is called as
-``model.apply(variables, x, train=bool, rngs={"dropout": key})``. ``dtype`` sets the computation
-dtype (e.g. ``jnp.bfloat16``); parameters stay float32. Look models up by name::
+``model.apply(variables, x, train=bool, rngs={"dropout": key})``; the batch-norm models
+(``lenet_bn``, ``resnet18``, ``densenet``) also carry a ``batch_stats`` collection, updated in
+training with ``mutable=["batch_stats"]``. ``dtype`` sets the computation dtype (e.g.
+``jnp.bfloat16``); parameters stay float32. Look models up by name::
 
     model = get_model("lenet", num_classes=10, activation="relu")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
@@ -20,12 +22,15 @@ from typing import Any
 
 import flax.linen as nn
 
-from jaxnotes.losses import classification_loss, cross_entropy, googlenet_loss
+from jaxnotes.losses import classification_loss, cross_entropy
 from jaxnotes.models.alexnet import AlexNet
+from jaxnotes.models.densenet import DenseBlock, DenseNet, TransitionBlock, transition_block
 from jaxnotes.models.googlenet import AuxHead, GoogLeNet, Inception
-from jaxnotes.models.lenet import LeNet
+from jaxnotes.models.layers import BatchNorm
+from jaxnotes.models.lenet import LeNet, LeNetBN
 from jaxnotes.models.mlp import MLP
 from jaxnotes.models.nin import NiN, NiNBlock, nin_block
+from jaxnotes.models.resnet import RESNET18_ARCH, Residual, ResNet, resnet18
 from jaxnotes.models.vgg import (
     VGG,
     VGG11_ARCH,
@@ -47,6 +52,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg16": vgg16,
     "nin": NiN,
     "googlenet": GoogLeNet,
+    "lenet_bn": LeNetBN,
+    "resnet18": resnet18,
+    "densenet": DenseNet,
 }
 
 BOOK_INPUT_SIZE: dict[str, int] = {
@@ -58,6 +66,9 @@ BOOK_INPUT_SIZE: dict[str, int] = {
     "vgg16": 224,
     "nin": 224,
     "googlenet": 96,
+    "lenet_bn": 28,
+    "resnet18": 96,
+    "densenet": 96,
 }
 
 
@@ -88,23 +99,32 @@ __all__ = [
     "BOOK_INPUT_SIZE",
     "MLP",
     "MODELS",
+    "RESNET18_ARCH",
     "VGG",
     "VGG11_ARCH",
     "VGG16_ARCH",
     "AlexNet",
     "AuxHead",
+    "BatchNorm",
+    "DenseBlock",
+    "DenseNet",
     "GoogLeNet",
     "Inception",
     "LeNet",
+    "LeNetBN",
     "NiN",
     "NiNBlock",
+    "ResNet",
+    "Residual",
+    "TransitionBlock",
     "VGGBlock",
     "classification_loss",
     "cross_entropy",
     "get_model",
-    "googlenet_loss",
     "nin_block",
+    "resnet18",
     "stage_receptive_fields",
+    "transition_block",
     "vgg11",
     "vgg11_small",
     "vgg16",

@@ -10,6 +10,10 @@ input the stack accepts (:func:`min_input_size`), which the models' input check 
 
 Layout everywhere is NHWC: ``(batch, height, width, channels)``.
 
+Batch normalization (chapters 11-13): the zoo calls :func:`batch_norm` (``flax.linen.BatchNorm``
+with the book's momentum and epsilon); :class:`BatchNorm` is the chapter's from-scratch layer
+(:func:`jaxnotes.ops.batch_norm`), a drop-in for it.
+
 On the CPU backend (float32), convolutions and max pooling take the fast paths of
 :mod:`jaxnotes.models.cpu_kernels`: the same functions, written with the ops XLA:CPU runs well
 (its own convolution is 10-50x slower than it should be on this book's shapes). Parameters are
@@ -26,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxnotes import shapes
+from jaxnotes import ops, shapes
 from jaxnotes.models import cpu_kernels
 
 # (kernel, stride, padding per side) of one conv or pooling layer along height and width.
@@ -165,6 +169,91 @@ class GlobalAvgPool(nn.Module):
         y = jnp.mean(x, axis=(1, 2))
         chex.assert_shape(y, (x.shape[0], x.shape[3]))
         return y
+
+
+# Batch normalization with d2l's PyTorch settings (``nn.BatchNorm2d``: eps 1e-5, momentum 0.1 in
+# PyTorch's convention, i.e. 0.9 in the book's and flax's: new = 0.9 * old + 0.1 * batch).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def check_batch_statistics(x: jax.Array, where: str) -> None:
+    """Refuse training-mode batch norm on one value per channel (no variance to estimate).
+
+    A dense layer's batch of one, or an NHWC batch of one 1x1 map, would have variance 0 and
+    every output ``beta``: PyTorch raises here too. Shapes are static, so this runs at trace time.
+    """
+    channels = max(x.shape[-1], 1)
+    if x.size // channels < 2:
+        raise ValueError(
+            f"{where}: batch normalization in training mode needs more than one value per "
+            f"channel to estimate a variance, got an input of shape {tuple(x.shape)}; train with "
+            "a batch of at least 2 (evaluation, train=False, takes any batch)"
+        )
+
+
+def batch_norm(
+    x: jax.Array, train: bool, *, dtype: Any = jnp.float32, name: str | None = None
+) -> jax.Array:
+    """The zoo's batch norm: ``flax.linen.BatchNorm`` over the last axis, the book's settings.
+
+    Training: batch statistics, and the running averages (collection ``batch_stats``: ``mean``,
+    ``var``, the biased variance) updated with momentum :data:`BN_MOMENTUM`; evaluation: the
+    running averages. Statistics in float32 whatever ``dtype`` (flax's rule). Call it inside a
+    ``@nn.compact`` method. :class:`BatchNorm` is the same layer from scratch.
+    """
+    if train:
+        check_batch_statistics(x, name or "BatchNorm")
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        name=name,
+    )(x)
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization from scratch (chapter 11) on :func:`jaxnotes.ops.batch_norm`.
+
+    The same variables as ``flax.linen.BatchNorm`` (params ``scale``, ``bias``; collection
+    ``batch_stats`` with ``mean``, ``var``), the same flag (``use_running_average``, field or call
+    argument) and the same function with the same ``momentum`` and ``epsilon``, so either can
+    replace the other (``tests/test_modern_cnn.py`` checks outputs and running statistics).
+    Defaults are the book's (momentum 0.9; flax's default is 0.99). Input (N, C) or NHWC.
+    Training mutates ``batch_stats``: ``apply(..., mutable=["batch_stats"])``; ``init`` creates
+    the variables without moving the averages (as flax).
+    """
+
+    use_running_average: bool | None = None
+    momentum: float = BN_MOMENTUM
+    epsilon: float = BN_EPSILON
+    dtype: Any = None  # of the output; None: the input's. Statistics in float32 or wider.
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        use_running_average = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        channels = (x.shape[-1],)
+        scale = self.param("scale", nn.initializers.ones, channels, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, channels, jnp.float32)
+        mean = self.variable("batch_stats", "mean", jnp.zeros, channels, jnp.float32)
+        var = self.variable("batch_stats", "var", jnp.ones, channels, jnp.float32)
+        train = not use_running_average  # ops.batch_norm refuses one value per channel
+        y, new_mean, new_var = ops.batch_norm(
+            x.astype(jnp.promote_types(x.dtype, jnp.float32)),
+            scale,
+            bias,
+            mean.value,
+            var.value,
+            train=train,
+            eps=self.epsilon,
+            momentum=self.momentum,
+        )
+        if train and not self.is_initializing():
+            mean.value, var.value = new_mean, new_var
+        return y.astype(self.dtype or x.dtype)
 
 
 class Dropout(nn.Module):

@@ -42,14 +42,12 @@ def _train(config, train_data, placement, steps: int, model=None, raw=False, eve
     With ``raw`` the placed state itself comes back (pmap: one copy per device); with ``every``
     a list of (variables, metrics) after each of those step counts (one compile for all)."""
     parts = training.build(config, train_data, placement, model=model)
-    state = training.create_train_state(
-        parts["model"], parts["tx"], parts["input_shape"], config.seed
-    )
+    state = training.create_train_state(parts.model, parts.tx, parts.input_shape, config.seed)
     state, metrics = placement.put(state), placement.put(training.empty_metrics())
     batches = data.train_batches(train_data, config.batch_size, seed=0, epoch=0)
     snapshots = []
     for done, batch in enumerate(placement.batches(batches), start=1):
-        state, metrics = parts["train_step"](state, batch, metrics)
+        state, metrics = parts.train_step(state, batch, metrics)
         if every and done in every:
             variables = {"params": state.params, **state.model_state}
             snapshots.append((placement.host(variables), placement.host(metrics)))
@@ -131,7 +129,7 @@ def test_sharded_state_is_replicated_and_batch_split(digits):
     placement = parallel.ShardedDataParallel(4)
     parts = training.build(config, digits[0], placement)
     state = placement.put(
-        training.create_train_state(parts["model"], parts["tx"], (8, 8, 1), config.seed)
+        training.create_train_state(parts.model, parts.tx, (8, 8, 1), config.seed)
     )
     batch = next(iter(placement.batches(data.train_batches(digits[0], 32, seed=0, epoch=0))))
     assert batch["image"].sharding.spec == jax.sharding.PartitionSpec("batch")
@@ -289,4 +287,4 @@ def test_a_population_split_over_four_devices_equals_one_device(digits):
     assert four.summary["devices"] == 4
     for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(four.state), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert [r["eval_acc"] for r in one.rows] == [r["eval_acc"] for r in four.rows]
+    assert [r["val_acc"] for r in one.rows] == [r["val_acc"] for r in four.rows]

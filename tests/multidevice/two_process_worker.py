@@ -24,10 +24,10 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from jaxnotes import plots, training
+    from jaxnotes import plots, runs, training
 
     writes = []  # every run file this process writes (history, summary, plot)
-    for module, name in ((training, "_write_text"), (plots, "learning_curves")):
+    for module, name in ((runs, "write_text"), (plots, "learning_curves")):
         original = getattr(module, name)
 
         def counted(*args, _original=original, _name=name, **kwargs):
