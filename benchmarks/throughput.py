@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing, torch_models
 from timing import rate, time_steps  # noqa: E402
 
 MODELS = ("lenet", "alexnet", "vgg11_small", "nin", "googlenet")
-LEARNING_RATE = {  # the book's (train/presets.py); speed does not depend on it
+LEARNING_RATE = {  # the book's (jaxnotes/presets.py); speed does not depend on it
     "lenet": 0.9,
     "alexnet": 0.01,
     "vgg11_small": 0.05,

@@ -105,10 +105,6 @@ SOURCES: dict[str, dict[str, str]] = {
         "Trainer(max_epochs=10); FashionMNIST(batch_size=128, resize=(96, 96))",
     },
 }
-# The weight-decay chapter's demo (not a zoo run): classic 100 epochs (lr 0.003, batch 5),
-# d2l1 chapter_linear-regression/weight-decay.md L314-318: 10 epochs, lr 0.01, batch 5,
-# num_train=20, num_val=100, num_inputs=200, lambda 0 and 3.
-WEIGHT_DECAY_EPOCHS = {"classic": 100, "d2l1": 10}
 
 # digits: `python -m train --model NAME` (CPU, 2 cores). Expected test accuracy in the comments.
 DIGITS: dict[str, dict[str, Any]] = {

@@ -31,9 +31,6 @@ SPLITS = ("train", "test")
 TFDS_NAMES = ("fashion_mnist", "mnist")
 VALID_NAMES = ("digits", *TFDS_NAMES, "idx:<dir>", "synthetic[:HxWxC[:N]]")
 
-DIGITS_TEST_FRACTION = 0.3
-DIGITS_SEED = 0  # fixed: the digits split is part of the data set, not of an experiment
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
