@@ -160,12 +160,13 @@ class Checkpoints:
     full) as one :class:`CheckpointError` naming the folder and the last intact checkpoint.
     """
 
-    def __init__(self, directory: Path, keep: int, note=print):
+    def __init__(self, directory: Path, keep: int, note=print, best: tuple[str, int] | None = None):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.directory = Path(directory).absolute()
         self.keep = keep
+        self.best = best  # (mode "min"/"max", how many) of the checkpoints saved with a metric
         self.note = note
         self.last_saved: int | None = None
         self._pending: tuple[int, int | None] | None = None  # (step, intact before it)
@@ -174,19 +175,40 @@ class Checkpoints:
 
     def _open(self) -> None:
         ocp = self._ocp
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True),
-        )
+        options = ocp.CheckpointManagerOptions(preservation_policy=self._policy(), create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def _policy(self):
+        """The newest ``keep`` checkpoints (resume takes the newest), and with ``best`` the
+        best n of those saved with a metric, whatever their age."""
+        policies = self._ocp.checkpoint_managers
+        keep = [policies.LatestN(n=self.keep)]
+        if self.best is not None:
+            mode, n = self.best
+            keep.append(
+                policies.BestN(
+                    get_metric_fn=lambda metrics: metrics["monitor"], reverse=mode == "min",
+                    n=n, keep_checkpoints_without_metrics=False,
+                )
+            )  # fmt: skip
+        return policies.AnyPreservationPolicy(keep)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def path(self, step: int) -> str:
         return str(self.directory / str(step))
 
-    def save(self, state: Any, meta: dict, *, step: int | None = None, wait: bool = False) -> str:
+    def save(
+        self, state: Any, meta: dict, *, step: int | None = None, wait: bool = False,
+        metric: float | None = None,
+    ) -> str:  # fmt: skip
         """Start writing checkpoint ``step`` (default ``state.step``); returns its folder.
+
+        ``metric``: the monitored value of this checkpoint (kept among the best by it).
 
         Orbax writes in the background while training goes on; the previous save is completed
         (and its errors raised) first, and :meth:`wait` completes this one: call it before
@@ -206,6 +228,7 @@ class Checkpoints:
                     args=ocp.args.Composite(
                         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
                     ),
+                    metrics=None if metric is None else {"monitor": float(metric)},
                     force=True,
                 )
             except Exception as error:  # noqa: BLE001 -- one line instead of orbax's traces

@@ -11,7 +11,8 @@ import math
 import numbers
 from typing import Any
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+MODES = ("min", "max")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine")
 NORMALIZATIONS = ("scale", "standardize", "imagenet")
@@ -54,6 +55,19 @@ class TrainConfig:
     devices: int = 1  # data-parallel devices (jaxnotes.parallel); results do not depend on it
     parallel: str = "sharded"  # with devices > 1: "sharded" (mesh + jit) or "pmap"
     steps_per_dispatch: int = 1  # > 1: scan that many steps per jit call (one device only)
+    # --- policies (README "Beyond the defaults"); the defaults change nothing ---
+    validation_fraction: float = 0.0  # > 0: a stratified part of train scores each epoch
+    test_every_epoch: bool = False  # with validation: also score the test split each epoch
+    warmup_steps: int = 0  # linear warm-up of the learning rate over this many updates
+    clip_norm: float = 0.0  # > 0: clip the gradients' global norm to this
+    accumulate: int = 1  # > 1: one update per this many batches (optax.MultiSteps)
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights
+    early_stopping: int = 0  # > 0: stop after this many epochs without improvement
+    monitor: str | None = None  # what early stopping / keep_best watch (None: val_loss or
+    mode: str | None = None  # test_loss); mode "min"/"max" (None: from the name)
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+    keep_best: int = 0  # > 0: also keep this many best checkpoints by ``monitor``
+    tensorboard: bool = False  # TensorBoard event files in WORKDIR/tensorboard
 
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value no run can use."""
@@ -79,7 +93,19 @@ class TrainConfig:
         "precision",
         "seed",
         "aux_weight",
+        "validation_fraction",
+        "warmup_steps",
+        "clip_norm",
+        "accumulate",
+        "ema_decay",
     )
+
+    @property
+    def monitored(self) -> tuple[str, str]:
+        """(metric, mode) early stopping and keep_best watch."""
+        name = self.monitor or ("val_loss" if self.validation_fraction else "test_loss")
+        mode = self.mode or ("max" if name.endswith(("acc", "accuracy")) else "min")
+        return name, mode
 
 
 def _is_int(value: Any) -> bool:
@@ -201,4 +227,37 @@ def _rules(c: TrainConfig) -> list[tuple[bool, str]]:
             c.steps_per_dispatch == 1 or c.devices == 1,
             "steps_per_dispatch > 1 runs on one device only",
         ),
+        *_policy_rules(c),
     ]
+
+
+def _fraction(c: TrainConfig, name: str) -> tuple[bool, str]:
+    v = getattr(c, name)
+    ok = _is_number(v) and (v == 0 or 0 < v < 1)
+    return ok, f"{name} must be 0 (off) or in (0, 1), got {v!r}"
+
+
+def _at_least(c: TrainConfig, name: str, low: float) -> tuple[bool, str]:
+    v = getattr(c, name)
+    return _is_number(v) and v >= low, f"{name} must be a finite number >= {low:g}, got {v!r}"
+
+
+def _policy_rules(c: TrainConfig) -> list[tuple[bool, str]]:
+    return [
+        _fraction(c, "validation_fraction"),
+        (isinstance(c.test_every_epoch, bool), "test_every_epoch must be True or False"),
+        _int_at_least(c, "warmup_steps", 0),
+        _at_least(c, "clip_norm", 0.0),
+        _int_at_least(c, "accumulate", 1),
+        _fraction(c, "ema_decay"),
+        _int_at_least(c, "early_stopping", 0),
+        (c.monitor is None or isinstance(c.monitor, str), f"monitor must be a metric name, got "
+         f"{c.monitor!r}"),
+        (c.mode is None or c.mode in MODES, f"mode must be one of min, max, got {c.mode!r}"),
+        _at_least(c, "min_delta", 0.0),
+        _int_at_least(c, "keep_best", 0),
+        (isinstance(c.tensorboard, bool), f"tensorboard must be True or False, got "
+         f"{c.tensorboard!r}"),
+        (c.accumulate == 1 or c.steps_per_dispatch == 1, "accumulate and steps_per_dispatch "
+         "cannot be combined"),
+    ]  # fmt: skip

@@ -115,3 +115,73 @@ def chain(
     decay = [optax.add_decayed_weights(weight_decay, mask=decay_mask)] if with_decay else []
     steps = [transform, *decay] if decoupled else [*decay, transform]
     return optax.chain(*steps, optax.scale_by_learning_rate(learning_rate))
+
+
+def learning_rate_schedule(
+    peak: Any, total_updates: Any, kind: str = "constant", warmup_steps: int = 0
+) -> Any:
+    """The learning rate of a run: ``peak`` (constant) or cosine decay to 0 over the run, after
+    ``warmup_steps`` of linear warm-up from 0. ``peak`` and ``total_updates`` may be traced."""
+    if kind == "constant" and not warmup_steps:
+        return peak
+    decay = cosine_decay(peak, total_updates - warmup_steps) if kind == "cosine" else None
+
+    def schedule(count):
+        after = decay(count - warmup_steps) if decay is not None else peak
+        if not warmup_steps:
+            return after
+        return jnp.where(count < warmup_steps, peak * count / warmup_steps, after)
+
+    return schedule
+
+
+def with_policies(
+    tx: optax.GradientTransformation, clip_norm: float = 0.0, accumulate: int = 1
+) -> optax.GradientTransformation:
+    """``tx`` after global-norm clipping (``clip_norm`` > 0) and with ``accumulate`` > 1 batches'
+    gradients averaged into one update (``optax.MultiSteps``: the inner optimizer, its schedule
+    and its step count see updates, not batches)."""
+    if clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+    if accumulate > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accumulate).gradient_transformation()
+    return tx
+
+
+def config_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optimizer a ``TrainConfig`` describes: name, rates, schedule with warm-up over the
+    run's updates (``epochs * steps_per_epoch / accumulate``), clipping, accumulation."""
+    updates = config.epochs * steps_per_epoch // config.accumulate
+    schedule = learning_rate_schedule(
+        config.learning_rate, updates, config.schedule, config.warmup_steps
+    )
+    tx = make_optimizer(
+        config.optimizer, schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+        decoupled=config.decoupled,
+    )  # fmt: skip
+    return with_policies(tx, config.clip_norm, config.accumulate)
+
+
+def describe(tx: Any) -> str:
+    """A short description of an optimizer for a checkpoint's metadata: the kinds of state it
+    keeps, in order (a resumed run with another optimizer is refused by name)."""
+    state = jax.eval_shape(tx.init, {"w": jax.ShapeDtypeStruct((2, 2), jnp.float32)})
+    kinds: list[str] = []
+    _state_kinds(state, kinds)
+    return ", ".join(kinds) or "stateless"
+
+
+def _state_kinds(node: Any, kinds: list[str]) -> None:
+    name = type(node).__name__
+    if hasattr(node, "_fields"):  # an optax state (a NamedTuple)
+        if name not in ("EmptyState", "ShapeDtypeStruct"):
+            kinds.append(name)
+        children = [getattr(node, f) for f in node._fields]
+    elif isinstance(node, tuple | list):
+        children = list(node)
+    elif isinstance(node, dict):
+        children = list(node.values())
+    else:
+        return
+    for child in children:
+        _state_kinds(child, kinds)

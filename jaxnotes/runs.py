@@ -83,20 +83,21 @@ class RunFolder:
     writes each replicated array once from all of them.
     """
 
-    def __init__(self, path: Path, *, primary: bool, clear_first: bool, keep: int, log):
+    def __init__(self, path: Path, *, primary: bool, clear_first: bool, keep: int, log, best=None):
         self.path, self.primary, self.keep, self.log = path, primary, keep, log
-        self.clear_first = clear_first
+        self.clear_first, self.best = clear_first, best
         self.lock: workdirs.Lock | None = None
         self._checkpoints: Checkpoints | None = None
 
     @classmethod
     def open(
         cls, workdir, *, resume: bool, overwrite: bool, primary: bool = True, keep: int = 2,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = print, best: tuple[str, int] | None = None,
     ) -> RunFolder:  # fmt: skip
-        """Open (make, lock, check) ``workdir`` (a path or ``workdirs.NewRun``)."""
+        """Open (make, lock, check) ``workdir`` (a path or ``workdirs.NewRun``). ``best``:
+        (mode, n) to keep the n best checkpoints by their monitored metric too."""
         path = workdirs.open_folder(workdir, resume=resume)
-        folder = cls(path, primary=primary, clear_first=False, keep=keep, log=log)
+        folder = cls(path, primary=primary, clear_first=False, keep=keep, log=log, best=best)
         try:
             if primary:
                 folder.lock = workdirs.Lock(path).acquire()
@@ -117,7 +118,9 @@ class RunFolder:
     def checkpoints(self) -> Checkpoints:
         if self._checkpoints is None:
             self.prepare_to_write()
-            self._checkpoints = Checkpoints(self.path / "checkpoints", self.keep, self.log)
+            self._checkpoints = Checkpoints(
+                self.path / "checkpoints", self.keep, self.log, best=self.best
+            )
         return self._checkpoints
 
     @property
@@ -209,6 +212,8 @@ class Session:
     warm: set = dataclasses.field(default_factory=set)  # programs already run once
     phases: profiling.Phases = dataclasses.field(default_factory=profiling.Phases)
     stop_requested: bool = False  # a callback asked the run to end after this epoch
+    on_step: Callable[[int, dict], None] | None = None  # called at each metrics pull
+    last_host: dict | None = None  # the accumulator's last pull (the epoch's end)
 
 
 def start_session(job: Job, state: Any, folder: RunFolder | None, resume: bool, phases) -> Session:
@@ -291,8 +296,9 @@ def save(job: Job, session: Session, epoch: int, host_metrics: dict) -> None:
             # Host copies: the device buffers are donated to the next step while orbax writes.
             state = jax.device_get(state)
         checkpoints = session.folder.checkpoints
+        metric = getattr(job, "checkpoint_metric", lambda s, e: None)(session, epoch)
         session.last_checkpoint = checkpoints.save(
-            state, json_safe(meta), step=session.position, wait=multi_host
+            state, json_safe(meta), step=session.position, wait=multi_host, metric=metric
         )
         session.saved_position = session.position
 
@@ -354,7 +360,7 @@ def train_epochs(job: Job, session: Session, on_epoch_end: Callable[[dict], bool
                 )
                 if epoch_due or step_due:
                     save(job, session, epoch + 1, job.placement.host(session.metrics))
-            if job.primary and on_epoch_end(record):
+            if on_epoch_end(record):  # every process decides alike (the same global metrics)
                 session.stop_requested = True
                 job.log(f"stopped after epoch {epoch + 1} (a callback asked to)")
                 save(job, session, epoch + 1, job.placement.host(session.metrics))
@@ -392,8 +398,11 @@ def train_epoch(job: Job, session: Session, epoch: int, stop) -> dict:
         ):
             host = placement.host(session.metrics)
             check(job, session, host)
+            running = steps.means(host)
             if bar is not None:
-                bar.set_postfix(loss=f"{np.mean(steps.means(host)['loss']):.4f}")
+                bar.set_postfix(loss=f"{np.mean(running['loss']):.4f}")
+            if session.on_step is not None:
+                session.on_step(session.position, running)
             if at_step_checkpoint:
                 saving = time.perf_counter()
                 save(job, session, epoch, host)
@@ -408,6 +417,7 @@ def train_epoch(job: Job, session: Session, epoch: int, stop) -> dict:
     session.phases.seconds["train"] += elapsed
     session.train_seconds += elapsed
     session.metrics = placement.put(steps.reset_sums(host))
+    session.last_host = host
     return host
 
 

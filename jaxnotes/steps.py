@@ -75,6 +75,9 @@ def create_train_state(
     tx: optax.GradientTransformation,
     input_shape: tuple[int, ...],
     seed: int,
+    *,
+    ema: bool = False,
+    loss_scaling: bool = False,
 ) -> TrainState:
     """Initialise parameters, the module's other collections and the optimizer state.
 
@@ -84,27 +87,53 @@ def create_train_state(
       tx: the optimizer.
       input_shape: one example's shape as the model sees it, (height, width, channels).
       seed: the run's seed: parameters use ``fold_in(key, 0)``, dropout ``fold_in(key, 1)``.
+      ema, loss_scaling: keep a moving average of the weights / a dynamic loss scale (fp16) in
+        ``extras`` (see :func:`initial_state`).
     """
     fns = modules.as_model(model)
     dummy = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     # The seed stays inside the program: no separate seeding compile.
-    init = functools.partial(initial_state, fns, tx, seed=seed)
+    init = functools.partial(initial_state, fns, tx, seed=seed, ema=ema, loss_scaling=loss_scaling)
     compiled = jax.jit(init).lower(dummy).compile(compiler_options=init_compiler_options())
     return compiled(np.zeros(dummy.shape, np.float32))
 
 
-def initial_state(fns: modules.Model, tx, x: jax.Array, seed: Any) -> TrainState:
+def initial_state(
+    fns: modules.Model, tx, x: jax.Array, seed: Any, *, ema: bool = False,
+    loss_scaling: bool = False,
+) -> TrainState:  # fmt: skip
     """The state ``create_train_state`` makes, as a traceable function (``seed`` may be traced:
-    a population initialises every member in one vmapped program)."""
+    a population initialises every member in one vmapped program).
+
+    ``extras``: "ema", the weights' moving average (starting at the initial weights);
+    "loss_scale", float16's dynamic loss scale (``flax.training.dynamic_scale``: 2**15, halved
+    on an overflow, doubled after 2,000 finite steps).
+    """
     root = jax.random.key(seed)
     params, model_state = fns.init(jax.random.fold_in(root, 0), x)
+    extras = {}
+    if ema:
+        extras["ema"] = jax.tree.map(jnp.copy, params)
+    if loss_scaling:
+        from flax.training.dynamic_scale import DynamicScale
+
+        extras["loss_scale"] = DynamicScale(scale=jnp.float32(2.0**15))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
         key=jax.random.key_data(jax.random.fold_in(root, 1)),
         model_state=model_state,
+        extras=extras,
     )
+
+
+def evaluation_weights(state: TrainState) -> TrainState:
+    """The weights evaluation, the best checkpoint and prediction use: the moving average
+    when the run keeps one, else the trained weights."""
+    if isinstance(state, TrainState) and "ema" in state.extras:
+        return state.replace(params=state.extras["ema"])
+    return state
 
 
 def init_compiler_options() -> dict | None:
@@ -230,6 +259,7 @@ def make_train_step(
     *,
     loss_fn: LossFn | None = None,
     metrics: Mapping[str, MetricFn] | None = None,
+    ema_decay: float = 0.0,
     per_example_keys: bool | None = None,
     axis_name: str | None = None,
 ) -> Callable:
@@ -240,7 +270,9 @@ def make_train_step(
     inside the step, on the device. ``loss_fn(outputs, labels) -> (B,)`` per-example losses
     (default: cross-entropy plus ``aux_weight`` x each auxiliary head's, in float32), averaged
     over the batch; ``metrics``: name -> ``fn(logits, labels) -> (B,)``, summed like accuracy.
-    Jit it with :func:`jit_train_step` (or a placement's ``jit_train``).
+    With a state that keeps ``extras["ema"]`` the average moves by ``ema_decay`` each step; with
+    ``extras["loss_scale"]`` (fp16) the loss is scaled, and a step whose gradients overflow
+    changes nothing but the scale (counted in ``skipped``). Jit it with :func:`jit_train_step`.
 
     per_example_keys: dropout keys per example (see :func:`_apply_train`); None decides by the
       model (stateless linen modules that use dropout; see ``Model.keys_per_example``).
@@ -261,26 +293,53 @@ def make_train_step(
             loss = jnp.mean(per_example_loss(outputs, labels).astype(jnp.float32))
             return loss, (losses.logits_of(outputs).astype(jnp.float32), model_state)
 
-        (loss, (logits, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params
-        )
+        scale = state.extras.get("loss_scale")
+        if scale is None:
+            grad_fn = jax.value_and_grad(objective, has_aux=True)
+            (loss, (logits, model_state)), grads = grad_fn(state.params)
+            finite = jnp.asarray(True)
+        else:  # grads come back unscaled, averaged over pmap's devices
+            grad_fn = scale.value_and_grad(objective, has_aux=True, axis_name=axis_name)
+            scale, finite, (loss, (logits, model_state)), grads = grad_fn(state.params)
         batch_sums = _metric_sums(metric_fns, logits, labels, 1.0)
         count = jnp.asarray(labels.shape[0], jnp.float32)
         if axis_name is not None:
-            grads, loss = jax.lax.pmean((grads, loss), axis_name)
+            if scale is None:
+                grads = jax.lax.pmean(grads, axis_name)
+            loss = jax.lax.pmean(loss, axis_name)
             batch_sums, count = jax.lax.psum((batch_sums, count), axis_name)
             model_state = _mean_over_devices(model_state, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        new = _keep_if(finite, (params, opt_state), (state.params, state.opt_state))
+        extras = _updated_extras(state.extras, new[0], scale, ema_decay)
         sums = guard_update(sums, loss, state.step, divergence_factor)
-        batch_sums.update(loss_sum=loss * count, count=count)
+        batch_sums.update(loss_sum=loss * count, count=count, skipped=(~finite).astype(jnp.int32))
         sums = {**sums, **{k: sums[k] + v for k, v in batch_sums.items()}}
         state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
-        )
+            step=state.step + 1, params=new[0], opt_state=new[1], model_state=model_state,
+            extras=extras,
+        )  # fmt: skip
         return state, sums
 
     return train_step
+
+
+def _keep_if(finite: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where the step's gradients were finite, else ``old`` (a skipped fp16 step)."""
+    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+
+def _updated_extras(extras: dict, params: Any, scale: Any, ema_decay: float) -> dict:
+    extras = dict(extras)
+    if "ema" in extras:
+        decay = jnp.float32(ema_decay)
+        extras["ema"] = jax.tree.map(
+            lambda e, p: decay * e + (1 - decay) * p, extras["ema"], params
+        )
+    if scale is not None:
+        extras["loss_scale"] = scale
+    return extras
 
 
 def _training_forward(fns, state, images, device, per_example_keys, axis_name) -> Callable:

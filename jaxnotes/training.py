@@ -33,12 +33,25 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnotes import guard, modules, optim, parallel, profiling, runs
+from jaxnotes import callbacks as hooks
+from jaxnotes import guard, optim, parallel, profiling, runs
 from jaxnotes import workdir as workdirs
+from jaxnotes.assembly import (
+    PRECISIONS,
+    Built,
+    build,
+    check_monitor,
+    config_preprocessing,
+    input_shape,
+    model_label,
+    num_classes,
+    resolve_model,
+    schedule,
+    split_validation,
+)
 from jaxnotes.checkpoints import CheckpointError, Checkpoints
 from jaxnotes.config import TrainConfig
 from jaxnotes.guard import TrainingDivergedError, TrainingInterrupted, check_guard
@@ -51,43 +64,26 @@ from jaxnotes.steps import (
     empty_eval_metrics,
     empty_metrics,
     eval_step,
+    evaluation_weights,
     initial_state,
     jit_eval_step,
     jit_train_step,
     make_eval_step,
     make_multi_step,
     make_train_step,
+    means,
     train_step,
 )
 
-PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 # Re-exported: the engine's public names (DESIGN's API contract) stay importable from here.
 __all__ = [
-    "BadKind",
-    "Built",
-    "CheckpointError",
-    "Checkpoints",
-    "FitResult",
-    "TrainConfig",
-    "TrainState",
-    "TrainingDivergedError",
-    "TrainingInterrupted",
-    "build",
-    "check_guard",
-    "create_train_state",
-    "empty_eval_metrics",
-    "empty_metrics",
-    "eval_step",
-    "evaluate",
-    "fit",
-    "initial_state",
-    "jit_eval_step",
-    "jit_train_step",
-    "make_eval_step",
-    "make_multi_step",
-    "make_train_step",
-    "train_step",
-]
+    "PRECISIONS", "BadKind", "Built", "CheckpointError", "Checkpoints", "FitResult",
+    "TrainConfig", "TrainState", "TrainingDivergedError", "TrainingInterrupted", "build",
+    "check_guard", "config_preprocessing", "create_train_state", "empty_eval_metrics",
+    "empty_metrics", "eval_step", "evaluate", "fit", "initial_state", "input_shape",
+    "jit_eval_step", "jit_train_step", "make_eval_step", "make_multi_step", "make_train_step",
+    "model_label", "num_classes", "resolve_model", "schedule", "train_step",
+]  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -109,152 +105,6 @@ class FitResult:
         return runs.predict_probabilities(
             self.model, self.state, self.preprocessing, images, batch_size=batch_size
         )
-
-
-# --- assembly ------------------------------------------------------------------------------------
-
-
-def model_label(config: TrainConfig, model: Any = None) -> str:
-    """The name a run reports: ``config.model``, else the module's class name, else "lenet"."""
-    if config.model is not None:
-        return config.model
-    return type(model).__name__ if model is not None else "lenet"
-
-
-def resolve_model(config: TrainConfig, model: Any, num_classes: int) -> Any:
-    """The module a run trains: ``model`` itself, or the zoo's model called ``config.model``.
-
-    The zoo model is built for ``num_classes`` in the configured precision; a user's linen module
-    with a ``dtype`` field is cloned with it (other modules must be built in fp32 for "fp32").
-    """
-    dtype = PRECISIONS[config.precision]
-    if model is None:
-        from jaxnotes.models import get_model  # the name lookup happens here, at the edge
-
-        return get_model(
-            model_label(config), num_classes=num_classes, dtype=dtype, **config.model_kwargs
-        )
-    modules.as_model(model)  # TypeError for anything that is not a Flax module
-    if config.model_kwargs:
-        raise ValueError(
-            f"model_kwargs {sorted(config.model_kwargs)} configure zoo models; set the fields "
-            f"of your {type(model).__name__} when you build it"
-        )
-    if config.precision == "fp32":
-        return model
-    if "dtype" in getattr(model, "__dataclass_fields__", {}):
-        return model.clone(dtype=dtype)
-    raise ValueError(
-        f"precision {config.precision!r} needs a module with a dtype field to set; build your "
-        f"{type(model).__name__} in that dtype and keep precision='fp32'"
-    )
-
-
-def input_shape(config: TrainConfig, train_data, other_data=None) -> tuple[int, int, int]:
-    """One example's shape as the model sees it (after ``resize``); both splits must agree."""
-    height, width, channels = train_data.images.shape[1:]
-    if other_data is not None and other_data.images.shape[1:] != train_data.images.shape[1:]:
-        if config.resize is None or other_data.images.shape[3] != channels:
-            raise ValueError(
-                f"train images are {height}x{width}x{channels} but evaluation images are "
-                f"{'x'.join(map(str, other_data.images.shape[1:]))}; give both splits the same "
-                "size, or a resize (--resize N) so the model sees N x N from both"
-            )
-    side = config.resize
-    return (side, side, channels) if side else (height, width, channels)
-
-
-def num_classes(*datasets) -> int:
-    """Logits the model needs: the data sets' class count, or more if a label is larger."""
-    needed = 0
-    for dataset in datasets:
-        if dataset is None:
-            continue
-        needed = max(needed, int(dataset.num_classes))
-        if len(dataset):
-            needed = max(needed, int(np.max(dataset.labels)) + 1)
-    return needed
-
-
-def schedule(config: TrainConfig, total_steps: int) -> float | optax.Schedule:
-    """The learning rate of ``config``: constant, or cosine decay to 0 over ``total_steps``."""
-    if config.schedule == "cosine":
-        return optim.cosine_decay(config.learning_rate, total_steps)
-    return config.learning_rate
-
-
-def config_preprocessing(config: TrainConfig, train_data):
-    """The run's ``Preprocessing``: resize, then normalization, with "standardize" statistics
-    of the training split only (no leak from the evaluation data)."""
-    from jaxnotes.data import Preprocessing
-
-    return Preprocessing.of(config.resize, config.normalization, train_data)
-
-
-@dataclasses.dataclass
-class Built:
-    """Everything fixed for a run, made by :func:`build` before any file is touched."""
-
-    model: Any  # the module
-    fns: modules.Model
-    tx: optax.GradientTransformation
-    preprocessing: Any  # jaxnotes.data.Preprocessing
-    preprocess: Callable[[jax.Array], jax.Array]
-    input_shape: tuple[int, int, int]
-    num_logits: int
-    steps_per_epoch: int
-    placement: Any
-    train_step: Callable
-    multi_step: Callable
-    eval_step: Callable
-    metric_names: tuple[str, ...] = ()
-
-
-def build(
-    config: TrainConfig, train_data, placement=None, *, model: Any = None, test_data=None,
-    tx: optax.GradientTransformation | None = None, loss_fn: LossFn | None = None,
-    metrics: Mapping[str, MetricFn] | None = None,
-) -> Built:  # fmt: skip
-    """Model, optimizer, preprocessing and the jitted steps for a config and its data.
-
-    ``model``: any linen or NNX module (None: the zoo's ``config.model``). It is traced once on
-    the data's input shape (no compute) so a shape it cannot take, outputs that are not logits
-    or too few logits for the labels fail here, with the module's own message, before anything
-    compiles. ``tx``: any optax transformation (None: ``config``'s optimizer and schedule).
-    ``placement`` (``jaxnotes.parallel``) decides how the steps are compiled: one device, a mesh
-    or pmap; by default it follows ``config.devices`` / ``config.parallel``.
-    """
-    from jaxnotes import data as jdata
-
-    if placement is None:
-        if config.devices > 1:
-            parallel.check_devices(config.devices, config.batch_size)
-        placement = parallel.make_placement(config.devices, config.parallel)
-    steps_per_epoch = jdata.steps_per_epoch(len(train_data), config.batch_size)
-    module = resolve_model(config, model, train_data.num_classes)
-    shape = input_shape(config, train_data, test_data)
-    fns = modules.as_model(module)
-    num_logits = modules.check_outputs(fns, shape, num_classes(train_data, test_data))
-    modules.check_memory(fns, shape, config.batch_size // placement.num_devices)
-    if tx is None:
-        tx = optim.make_optimizer(
-            config.optimizer, schedule(config, config.epochs * steps_per_epoch),
-            momentum=config.momentum, weight_decay=config.weight_decay, decoupled=config.decoupled,
-        )  # fmt: skip
-    preprocessing = config_preprocessing(config, train_data)
-    preprocess, axis = preprocessing.function(), placement.axis_name
-    policy = {"loss_fn": loss_fn, "metrics": metrics}
-    step = make_train_step(
-        fns, tx, preprocess, config.aux_weight, config.divergence_factor, axis_name=axis, **policy
-    )
-    return Built(
-        model=module, fns=fns, tx=tx, preprocessing=preprocessing, preprocess=preprocess,
-        input_shape=shape, num_logits=num_logits, steps_per_epoch=steps_per_epoch,
-        placement=placement, train_step=placement.jit_train(step),
-        multi_step=placement.jit_train(make_multi_step(step)),
-        eval_step=placement.jit_eval(make_eval_step(fns, preprocess, axis_name=axis, **policy)),
-        metric_names=tuple(metrics or ()),
-    )  # fmt: skip
 
 
 def evaluate(
@@ -308,6 +158,9 @@ class FitJob:
     test_data: Any
     built: Built
     log: Callable[[str], None]
+    val_data: Any = None  # scored each epoch when given (the test split then only at the end)
+    callbacks: list = dataclasses.field(default_factory=list)
+    policy: dict = dataclasses.field(default_factory=dict)  # the user's tx, loss_fn, metrics
 
     @property
     def placement(self):
@@ -367,63 +220,100 @@ class FitJob:
             config.learning_rate, config.weight_decay, config.decoupled
         )
 
+    def evaluate(self, state, dataset) -> dict:
+        """Mean loss, accuracy and metrics on ``dataset``, with the evaluation weights (the
+        moving average when the run keeps one)."""
+        return evaluate(
+            self.built.eval_step, evaluation_weights(state), dataset, self.config.eval_batch_size,
+            self.placement, self.built.metric_names,
+        )  # fmt: skip
+
     def end_epoch(self, session: runs.Session, epoch: int, host: dict) -> dict:
-        """Evaluate, record the epoch (history, log line)."""
-        train = {"train_" + k: v for k, v in _means(host).items()}
+        """Evaluate (validation, or test), record the epoch (history, log line)."""
+        record = {"epoch": epoch + 1, "step": session.position}
+        record.update({"train_" + k: v for k, v in means(host).items()})
         with session.phases("evaluate"):
-            test = evaluate(
-                self.built.eval_step, session.state, self.test_data, self.config.eval_batch_size,
-                self.placement, self.built.metric_names,
-            )  # fmt: skip
-        record = {"epoch": epoch + 1, "step": session.position, **train}
-        record.update({"test_" + k: v for k, v in test.items()})
+            if self.val_data is not None:
+                record.update(_prefixed("val", self.evaluate(session.state, self.val_data)))
+            if self.val_data is None or self.config.test_every_epoch:
+                record.update(_prefixed("test", self.evaluate(session.state, self.test_data)))
         record["wall_s"] = time.perf_counter() - session.phases.started
         session.history.append(record)
+        held_out = "val" if self.val_data is not None else "test"
         self.log(
             f"epoch {epoch + 1}/{self.config.epochs}  loss {record['train_loss']:.4f}  train acc "
-            f"{record['train_acc']:.4f}  test acc {record['test_acc']:.4f}"
+            f"{record['train_acc']:.4f}  {held_out} acc {record[held_out + '_acc']:.4f}"
         )
+        hooks.call(self.callbacks, "on_eval", dict(record))
         return dict(record)
+
+    def checkpoint_metric(self, session: runs.Session, epoch: int) -> float | None:
+        """The monitored value of an epoch-end checkpoint (kept among the best by it)."""
+        if not self.config.keep_best or not session.history:
+            return None
+        record = session.history[-1]
+        return record.get(self.config.monitored[0]) if record["epoch"] == epoch else None
 
     def metric_rows(self, history: list) -> list[dict]:
         return history
 
     def resume_facts(self) -> dict:
-        # The preprocessing (with its training statistics): a restored run predicts as it trained.
-        return {"preprocessing": self.built.preprocessing.to_json()}
+        """The preprocessing (with its statistics: a restored run predicts as it trained), and
+        what the optimizer, loss and metrics are (a resume with others is refused by name)."""
+        name = lambda fn: None if fn is None else f"{fn.__module__}.{fn.__qualname__}"
+        metrics = self.policy.get("metrics") or {}
+        return {
+            "preprocessing": self.built.preprocessing.to_json(),
+            "optimizer": optim.describe(self.built.tx),
+            "loss_fn": name(self.policy.get("loss_fn")),
+            "metric_fns": {k: name(fn) for k, fn in sorted(metrics.items())},
+        }
 
 
-def _means(host: dict) -> dict:
-    from jaxnotes.steps import means
-
-    return means(host)
+def _prefixed(prefix: str, scores: dict) -> dict:
+    return {f"{prefix}_{k}": v for k, v in scores.items()}
 
 
-def _set_up(config, model, train_data, test_data, log, phases, policy) -> FitJob:
+def _set_up(config, model, data, log, phases, policy, callbacks) -> FitJob:
+    """Every check and everything fixed for the run (before any file is touched)."""
     from jaxnotes import data as jdata
 
+    callbacks = hooks.check(callbacks)
+    for callback in callbacks:
+        if callable(getattr(callback, "configure", None)):
+            config = callback.configure(config)
     config.validate()
     config = dataclasses.replace(config, model=model_label(config, model))
+    train_data, test_data, val_data = data
     with phases("data"):
-        if train_data is None:
-            train_data = jdata.load(config.dataset, "train")
-        if test_data is None:
-            test_data = jdata.load(config.dataset, "test")
+        train_data = jdata.load(config.dataset, "train") if train_data is None else train_data
+        test_data = jdata.load(config.dataset, "test") if test_data is None else test_data
+        train_data, val_data = split_validation(config, train_data, val_data)
     with phases("build"):
         built = build(config, train_data, model=model, test_data=test_data, **policy)
+        if val_data is not None:
+            input_shape(config, train_data, val_data)  # the same size (or a resize)
+    check_monitor(config, val_data is not None, built.metric_names)
     primary = built.placement.process_index == 0
-    return FitJob(config, train_data, test_data, built, log if primary else (lambda line: None))
+    return FitJob(
+        config, train_data, test_data, built, log if primary else (lambda line: None), val_data,
+        [*hooks.from_config(config), *callbacks], policy,
+    )  # fmt: skip
 
 
 def _open(job: FitJob, workdir, resume: bool, overwrite: bool, phases) -> runs.Session:
     """The run's folder (locked) and the initial state, or the latest intact checkpoint's."""
     built, config = job.built, job.config
-    state = create_train_state(built.fns, built.tx, built.input_shape, config.seed)
+    state = create_train_state(
+        built.fns, built.tx, built.input_shape, config.seed, ema=config.ema_decay > 0,
+        loss_scaling=config.precision == "fp16",
+    )  # fmt: skip
     folder = None
     if workdir is not None:
+        best = (config.monitored[1], config.keep_best) if config.keep_best else None
         folder = runs.RunFolder.open(
             workdir, resume=resume, overwrite=overwrite, primary=job.primary,
-            keep=config.keep_checkpoints, log=job.log,
+            keep=config.keep_checkpoints, log=job.log, best=best,
         )  # fmt: skip
         if job.primary and not resume:
             runs.import_in_background()  # orbax and matplotlib, needed only later
@@ -435,6 +325,17 @@ def _open(job: FitJob, workdir, resume: bool, overwrite: bool, phases) -> runs.S
         raise
 
 
+def _final_scores(job: FitJob, session: runs.Session) -> dict:
+    """The summary's numbers: the last epoch's, and the test split's, scored once at the end
+    when epochs were scored on a validation split (or taken from the last record)."""
+    final = dict(session.history[-1]) if session.history else {}
+    if job.val_data is not None and "test_acc" not in final:
+        with session.phases("evaluate"):
+            final.update(_prefixed("test", job.evaluate(session.state, job.test_data)))
+    keys = [k for k in final if k.startswith(("train_", "val_", "test_"))]
+    return {k: final[k] for k in keys}
+
+
 def _outputs(job: FitJob, session: runs.Session, compiles) -> FitResult:
     """Draw the learning curves, make the summary (and write summary.json)."""
     config, built = job.config, job.built
@@ -442,23 +343,26 @@ def _outputs(job: FitJob, session: runs.Session, compiles) -> FitResult:
         from jaxnotes import plots
 
         with session.phases("plot"):
-            session.folder.prepare_to_write()
             session.folder.save_figure(
                 "learning_curves.png",
                 lambda path: plots.learning_curves(session.history, path, title=config.model),
             )
-    final = session.history[-1] if session.history else {}
     step_fn = built.multi_step if config.steps_per_dispatch > 1 else built.train_step
+    host = session.last_host if session.last_host is not None else job.fresh_metrics()
     summary = {
         "model": config.model,
         "dataset": config.dataset,
         "epochs": config.epochs,
-        **{k: final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+        "epochs_run": len(session.history),
+        **_final_scores(job, session),
         # null when no step ran after the last compile (a one-step run measures nothing)
         "examples_per_sec": runs.throughput(session),
         "wall_s": time.perf_counter() - session.phases.started,
         "steps": session.position,
+        "optimizer_steps": session.position // config.accumulate,
         "timed_steps": session.timed_examples // config.batch_size,  # steps in examples_per_sec
+        "skipped_steps": int(np.asarray(host["skipped"])),  # fp16: gradients not finite
+        "stopped_early": session.stop_requested,
         "precision": config.precision,
         "devices": job.placement.num_devices,
         "processes": job.placement.process_count,
@@ -471,6 +375,7 @@ def _outputs(job: FitJob, session: runs.Session, compiles) -> FitResult:
         "preprocessing": built.preprocessing.to_json(),
     }
     runs.finish(job, session, summary)
+    hooks.call(job.callbacks, "on_train_end", summary)
     state = job.placement.unplace(session.state)
     folder = session.folder.path if session.folder is not None else None
     return FitResult(
@@ -488,69 +393,90 @@ def fit(
     overwrite: bool = False,
     train_data=None,
     test_data=None,
+    val_data=None,
     tx: optax.GradientTransformation | None = None,
     loss_fn: LossFn | None = None,
     metrics: Mapping[str, MetricFn] | None = None,
+    callbacks=(),
     log: Callable[[str], None] = print,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Train and evaluate ``config``; write metrics, plots and checkpoints to ``workdir``.
 
     Args:
-      config: the experiment.
+      config: the experiment (its policies too: validation, early stopping, best checkpoints,
+        EMA, warm-up, clipping, accumulation, fp16, TensorBoard; see ``TrainConfig``).
       workdir: where ``metrics.jsonl``, ``learning_curves.png``, ``summary.json`` and
-        ``checkpoints/`` go; None writes nothing (no checkpoints, no resume);
-        ``jaxnotes.workdir.NewRun(base)`` a fresh ``base/TIMESTAMP``. Locked while the run uses
-        it. With several processes only process 0 writes logs and files.
-      model: any ``flax.linen.Module`` (called as ``model.apply(variables, x, train=bool,
-        rngs={"dropout": key})``, returning logits or ``(logits, *aux_logits)``; collections
-        such as ``batch_stats`` are trained, checkpointed and restored) or ``flax.nnx.Module``
-        (see ``jaxnotes.modules``). None: the zoo's model named ``config.model``; with a module,
-        ``config.model`` is only the run's label (default: the class name).
+        ``checkpoints/`` go; None writes nothing; ``jaxnotes.workdir.NewRun(base)`` a fresh
+        ``base/TIMESTAMP``. Locked while the run uses it; only process 0 writes files.
+      model: any ``flax.linen.Module`` (``model.apply(variables, x, train=bool, rngs={"dropout":
+        key})`` returning logits or ``(logits, *aux_logits)``; ``batch_stats`` and other
+        collections are trained and checkpointed) or ``flax.nnx.Module`` (``jaxnotes.modules``).
+        None: the zoo's ``config.model``; with a module ``config.model`` is only a label.
       resume: continue from the newest intact checkpoint in ``workdir`` (everything, mid-epoch
-        included: see ``jaxnotes.runs``). FileNotFoundError if none; ValueError if its settings
-        or parameter tree differ.
-      overwrite: replace the run ``workdir`` holds; its files are deleted only when this run
-        first writes (after every check passed). Without it (or ``resume``) a folder holding a
-        run raises ``jaxnotes.workdir.WorkdirError``.
-      train_data, test_data: ``jaxnotes.data.Dataset``s; loaded from ``config.dataset`` if None.
-      tx: any ``optax.GradientTransformation`` (None: ``config.optimizer`` with its rates and
-        schedule; with ``tx`` those fields are only labels).
+        included). FileNotFoundError if none; ValueError naming what differs otherwise.
+      overwrite: replace the run ``workdir`` holds, its files deleted only at this run's first
+        write; without it (or ``resume``) such a folder raises ``workdir.WorkdirError``.
+      train_data, test_data, val_data: ``jaxnotes.data.Dataset``s (train and test loaded from
+        ``config.dataset`` if None). With ``val_data`` or ``config.validation_fraction`` each
+        epoch is scored on the validation split (``val_*``), and the test split once at the end.
+      tx: any ``optax.GradientTransformation`` (None: ``config.optimizer`` and its rates and
+        schedule, then only labels).
       loss_fn: ``(outputs, labels) -> per-example losses`` (None: cross-entropy plus
         ``config.aux_weight`` x each auxiliary head's).
       metrics: name -> ``fn(logits, labels) -> per-example values``, summed on the device and
-        reported per epoch as ``train_NAME`` and ``test_NAME``.
-      log: where the one-line-per-epoch report goes.
-      on_epoch: called with each epoch's record (epoch, train_loss, train_acc, test_loss,
-        test_acc, ...) as it is made, e.g. to draw live curves in a notebook.
+        reported per epoch as ``train_NAME``, ``val_NAME`` / ``test_NAME``.
+      callbacks: ``jaxnotes.callbacks`` hooks (EarlyStopping, TensorBoard, EMA, ProfileSteps, or
+        your own); log: the one-line-per-epoch report; on_epoch: each epoch's record.
 
     Raises:
-      TypeError: ``model`` is not a Flax module.
-      ValueError: a setting, or the model against the data (input shape, logits, memory), is
-        wrong; raised before anything is compiled or written.
+      TypeError: ``model`` is not a Flax module, or ``tx`` not an optax transformation.
+      ValueError: a setting, or the model against the data, is wrong (before anything runs).
       TrainingDivergedError: the loss became NaN/inf or diverged (nothing bad is saved).
       TrainingInterrupted: SIGINT/SIGTERM between two steps (a checkpoint was saved).
       CheckpointError: a checkpoint could not be written (disk full); earlier ones are intact.
     """
     phases = profiling.Phases()
     policy = {"tx": tx, "loss_fn": loss_fn, "metrics": metrics}
+    if on_epoch is not None:
+        callbacks = [*callbacks, _OnEpoch(on_epoch)]
     with profiling.CompileLog() as compiles:
-        job = _set_up(config, model, train_data, test_data, log, phases, policy)
-        return _run(job, workdir, resume, overwrite, on_epoch, phases, compiles)
+        data = (train_data, test_data, val_data)
+        job = _set_up(config, model, data, log, phases, policy, callbacks)
+        return _run(job, workdir, resume, overwrite, phases, compiles)
 
 
-def _run(job: FitJob, workdir, resume, overwrite, on_epoch, phases, compiles) -> FitResult:
+class _OnEpoch(hooks.Callback):
+    """``fit(on_epoch=fn)``: ``fn(record)`` after each epoch."""
+
+    def __init__(self, fn: Callable[[dict], None]):
+        self.fn, self.primary = fn, True
+
+    def on_train_begin(self, run: hooks.RunInfo) -> None:
+        self.primary = run.primary  # drawn and printed by process 0 only
+
+    def on_epoch_end(self, record: dict) -> bool:
+        if self.primary:
+            self.fn(record)
+        return False
+
+
+def _run(job: FitJob, workdir, resume, overwrite, phases, compiles) -> FitResult:
     """Open the folder, train every epoch, write the outputs; the folder closed on any exit."""
     session, failing = None, True
 
     def epoch_end(record: dict) -> bool:
-        if on_epoch is not None:
-            on_epoch(record)
-        return False
+        return any(hooks.call(job.callbacks, "on_epoch_end", record))
 
     try:
         with phases("init"):
             session = _open(job, workdir, resume, overwrite, phases)
+        info = hooks.RunInfo(job.config, session.folder and session.folder.path,
+                             job.steps_per_epoch, job.primary)  # fmt: skip
+        hooks.call(job.callbacks, "on_train_begin", info)  # info.primary: who writes
+        session.on_step = lambda step, running: hooks.call(
+            job.callbacks, "on_step", step, running
+        )
         runs.train_epochs(job, session, epoch_end)
         result = _outputs(job, session, compiles)
         failing = False

@@ -12,7 +12,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from helpers import fit_quietly, quick_config
 
 from jaxnotes import data, optim, parallel, plots, training
@@ -57,12 +56,38 @@ def test_standardize_uses_the_training_split_statistics_only(digits):
     np.testing.assert_allclose(got, (shifted.images[:16] - mean) / std, rtol=1e-4, atol=1e-5)
 
 
-def test_the_cosine_schedule_is_the_closed_form():
-    config = _config(schedule="cosine", learning_rate=0.3)
-    schedule = training.schedule(config, total_steps=100)
-    for t in (0, 1, 25, 50, 99, 100, 150):
-        expected = 0.3 * 0.5 * (1 + math.cos(math.pi * min(t, 100) / 100))
-        assert float(schedule(t)) == pytest.approx(expected, rel=1e-6, abs=1e-7)  # float32
+def _applied_rates(config, digits, steps: int) -> np.ndarray:
+    """The learning rate the optimizer ``fit`` builds applies at each of ``steps`` updates:
+    plain SGD moves a weight by exactly lr * gradient, so a gradient of 1 reads it off."""
+    tx = training.build(config, digits[0]).tx
+    params = {"w": jnp.zeros((2, 2))}
+    state, rates = tx.init(params), []
+    for _ in range(steps):
+        updates, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
+        rates.append(-float(updates["w"][0, 0]))
+    return np.array(rates)
+
+
+def test_fits_cosine_schedule_is_the_closed_form_over_the_whole_run(digits):
+    # 1,257 digits at batch 64: 19 steps per epoch, 3 epochs: the decay reaches 0 at update 57.
+    config = _config(schedule="cosine", learning_rate=0.3, epochs=3)
+    total = 3 * (len(digits[0]) // 64)
+    rates = _applied_rates(config, digits, total + 3)
+    expected = [
+        0.3 * 0.5 * (1 + math.cos(math.pi * min(t, total) / total)) for t in range(total + 3)
+    ]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6, atol=1e-7)  # float32
+
+
+def test_warmup_rises_linearly_then_the_schedule_follows(digits):
+    config = _config(schedule="cosine", learning_rate=0.3, epochs=3, warmup_steps=10)
+    total = 3 * (len(digits[0]) // 64)
+    rates = _applied_rates(config, digits, total)
+    warm = [0.3 * t / 10 for t in range(10)]
+    decay = [
+        0.3 * 0.5 * (1 + math.cos(math.pi * (t - 10) / (total - 10))) for t in range(10, total)
+    ]
+    np.testing.assert_allclose(rates, warm + decay, rtol=1e-6, atol=1e-7)
 
 
 def test_the_train_step_donates_the_state_and_metrics():

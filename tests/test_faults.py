@@ -203,7 +203,7 @@ CONFIG_CASES = [
     ({"batch_size": True}, r"batch_size must be >= 1 \(an integer\), got True"),
     ({"eval_batch_size": 0}, "eval_batch_size must be >= 1"),
     ({"parallel": "ddp"}, "parallel must be one of sharded, pmap, got 'ddp'"),
-    ({"precision": "fp16"}, "precision must be one of fp32, bf16, got 'fp16'"),
+    ({"precision": "fp8"}, "precision must be one of fp32, bf16, fp16, got 'fp8'"),
     ({"optimizer": "lbfgs"}, "optimizer must be one of sgd, momentum, adam"),
     ({"schedule": "step"}, "schedule must be one of constant, cosine"),
     ({"normalization": "whiten"}, "normalization must be one of scale, standardize, imagenet"),

@@ -179,7 +179,7 @@ def test_config_validation_names_every_rule():
         "model_kwargs": ([], "model_kwargs must be a dict"),
         "resize": (0, "resize must be >= 1"),
         "normalization": ("whiten", "normalization must be one of"),
-        "precision": ("fp8", "precision must be one of fp32, bf16"),
+        "precision": ("fp8", "precision must be one of fp32, bf16, fp16"),
         "seed": (-1, r"seed must be an integer in \[0, 2\*\*32\)"),
         "log_every": (0, "log_every must be >= 1"),
         "checkpoint_every": (-1, "checkpoint_every must be >= 0"),
@@ -192,13 +192,27 @@ def test_config_validation_names_every_rule():
         "steps_per_dispatch": (0, "steps_per_dispatch must be >= 1"),
         "model": (7, "model must be a name"),
         "dataset": ("", "dataset must be a name"),
+        "validation_fraction": (1.0, r"validation_fraction must be 0 \(off\) or in \(0, 1\)"),
+        "test_every_epoch": (1, "test_every_epoch must be True or False"),
+        "warmup_steps": (-1, "warmup_steps must be >= 0"),
+        "clip_norm": (-1.0, "clip_norm must be a finite number >= 0"),
+        "accumulate": (0, "accumulate must be >= 1"),
+        "ema_decay": (1.0, r"ema_decay must be 0 \(off\) or in \(0, 1\)"),
+        "early_stopping": (-2, "early_stopping must be >= 0"),
+        "monitor": (3, "monitor must be a metric name"),
+        "mode": ("up", "mode must be one of min, max"),
+        "min_delta": (float("nan"), "min_delta must be a finite number >= 0"),
+        "keep_best": (-1, "keep_best must be >= 0"),
+        "tensorboard": ("yes", "tensorboard must be True or False"),
     }
     for field, (value, message) in cases.items():
         with pytest.raises(ValueError, match=message):
             _mlp_config(**{field: value}).validate()
     with pytest.raises(ValueError, match="steps_per_dispatch > 1 runs on one device only"):
         _mlp_config(steps_per_dispatch=2, devices=2).validate()
-    assert len(_rules(_mlp_config())) == len(cases) + 1  # no rule left untested
+    with pytest.raises(ValueError, match="accumulate and steps_per_dispatch cannot be combined"):
+        _mlp_config(steps_per_dispatch=2, accumulate=2).validate()
+    assert len(_rules(_mlp_config())) == len(cases) + 2  # no rule left untested
 
 
 def test_scanned_steps_equal_single_steps(digits):

@@ -10,19 +10,39 @@ from __future__ import annotations
 import numpy as np
 
 
-def holdout_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(
+    n: int, test_fraction: float, seed: int, stratify=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Shuffle 0..n-1 and cut it in two: (train_idx, test_idx), disjoint, together all of 0..n-1.
 
     The test part has ceil(test_fraction * n) elements (as scikit-learn's train_test_split), and
-    both parts must be non-empty.
+    both parts must be non-empty. ``stratify``: labels (n,); then each class is cut on its own
+    (round(test_fraction * n_c) of class c held out), so both parts keep the class proportions,
+    and a class that would be missing from either part is an error naming it.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     n_test = int(np.ceil(test_fraction * n))
     if n < 2 or n_test >= n:
         raise ValueError(f"cannot split {n} examples with test_fraction={test_fraction}")
-    order = np.random.default_rng(seed).permutation(n)
-    return order[n_test:], order[:n_test]
+    rng = np.random.default_rng(seed)
+    if stratify is None:
+        order = rng.permutation(n)
+        return order[n_test:], order[:n_test]
+    labels = np.asarray(stratify)
+    train, test = [], []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)[rng.permutation(int(np.sum(labels == c)))]
+        k = int(round(test_fraction * len(members)))
+        if k < 1 or k >= len(members):
+            raise ValueError(
+                f"a split of {test_fraction:g} leaves class {c} ({len(members)} examples) with "
+                "none on one side; use a fraction that keeps every class on both sides"
+            )
+        test.append(members[:k])
+        train.append(members[k:])
+    order = lambda parts: np.sort(np.concatenate(parts))
+    return rng.permutation(order(train)), rng.permutation(order(test))
 
 
 def k_fold_indices(n: int, k: int, seed: int | None = 0) -> list[tuple[np.ndarray, np.ndarray]]:
