@@ -160,13 +160,17 @@ class Checkpoints:
     full) as one :class:`CheckpointError` naming the folder and the last intact checkpoint.
     """
 
-    def __init__(self, directory: Path, keep: int, note=print, best: tuple[str, int] | None = None):
+    def __init__(
+        self, directory: Path, keep: int, note=print, best: tuple[str, int] | None = None,
+        read_only: bool = False,
+    ):  # fmt: skip
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.directory = Path(directory).absolute()
         self.keep = keep
         self.best = best  # (mode "min"/"max", how many) of the checkpoints saved with a metric
+        self.read_only = read_only  # for loading a finished run: nothing written or deleted
         self.note = note
         self.last_saved: int | None = None
         self._pending: tuple[int, int | None] | None = None  # (step, intact before it)
@@ -175,8 +179,13 @@ class Checkpoints:
 
     def _open(self) -> None:
         ocp = self._ocp
-        options = ocp.CheckpointManagerOptions(preservation_policy=self._policy(), create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet_orbax():  # read-only options log a warning on creation
+            if self.read_only:
+                options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+            else:
+                policy = self._policy()
+                options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def _policy(self):
         """The newest ``keep`` checkpoints (resume takes the newest), and with ``best`` the
@@ -330,6 +339,16 @@ class Checkpoints:
             if step is not None:
                 raise failure
             self._set_aside(at, failure)
+
+    def restore_saved(self, step: int) -> dict:
+        """Checkpoint ``step``'s state as it was saved (nested dicts of arrays, no template):
+        for loading a finished run without rebuilding its optimizer."""
+        ocp = self._ocp
+        with _quiet_orbax():
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            )
+        return restored["state"]
 
     def _check_tree(self, step: int, meta: dict, abstract_state: Any) -> None:
         if "tree" not in meta:

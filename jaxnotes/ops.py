@@ -1,4 +1,4 @@
-"""From-scratch convolution, pooling, dropout, L2 and batch-norm ops (chapters 2-6, 11), pure, jit-able.
+"""From-scratch convolution, pooling, dropout, L2 and batch norm (chapters 2-6, 11): pure, jit-able.
 
 Each op is written the way the chapter explains it, but vectorised: instead of a Python loop over
 output pixels, a window op is a sum (or max) over the ``kh * kw`` kernel offsets of strided slices
@@ -251,6 +251,16 @@ def l2_penalty(params: Any) -> jax.Array:
     return sum(jnp.sum(jnp.square(w)) for w in leaves) / 2
 
 
+def _check_batch_norm_shapes(X: jax.Array, **per_channel: jax.Array) -> None:
+    _check_ndim("batch_norm: X", X, (2, 4), "(N, C) (dense) or (N, H, W, C) (conv, NHWC)")
+    for name, value in per_channel.items():
+        if jnp.shape(value) != (X.shape[-1],):
+            raise ValueError(
+                f"batch_norm: {name} must have shape ({X.shape[-1]},) (one per channel of X "
+                f"{X.shape}), got {jnp.shape(value)}"
+            )
+
+
 def batch_norm(
     X: jax.Array,
     gamma: jax.Array,
@@ -289,21 +299,14 @@ def batch_norm(
     PyTorch's ``BatchNorm`` does) instead of silently normalising everything to ``beta``.
     """
     X = jnp.asarray(X)
-    _check_ndim("batch_norm: X", X, (2, 4), "(N, C) (dense) or (N, H, W, C) (conv, NHWC)")
-    channels = X.shape[-1]
-    stats = {"gamma": gamma, "beta": beta, "moving_mean": moving_mean, "moving_var": moving_var}
-    for name, value in stats.items():
-        if jnp.shape(value) != (channels,):
-            raise ValueError(
-                f"batch_norm: {name} must have shape ({channels},) (one per channel of X "
-                f"{X.shape}), got {jnp.shape(value)}"
-            )
+    _check_batch_norm_shapes(
+        X, gamma=gamma, beta=beta, moving_mean=moving_mean, moving_var=moving_var
+    )
     if not train:
         X_hat = (X - moving_mean) / jnp.sqrt(moving_var + eps)
         return gamma * X_hat + beta, moving_mean, moving_var
     axes = tuple(range(X.ndim - 1))  # every axis but the channels
-    per_channel = X.size // channels if channels else 0
-    if per_channel < 2:
+    if X.size // max(X.shape[-1], 1) < 2:  # values per channel
         raise ValueError(
             f"batch_norm: training needs more than one value per channel to estimate a variance, "
             f"got X of shape {X.shape}; use a batch of at least 2 (or train=False)"

@@ -36,7 +36,6 @@ whole members (``parallel.LeadingAxisSharded``). P must divide by N.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -45,47 +44,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from jaxnotes import modules, optim, parallel, profiling, runs, steps, training
-from jaxnotes.config import TrainConfig, check_value
-
-HYPER = ("learning_rate", "weight_decay", "momentum", "dropout")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Member:
-    """One member's settings; None takes the config's value (dropout: the model's own).
-
-    train_indices: the member's training examples, indices into ``train_data`` (None: all).
-    eval_indices: its evaluation examples, indices into ``eval_data`` (None: all).
-    """
-
-    seed: int = 0
-    learning_rate: float | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    dropout: float | None = None
-    train_indices: np.ndarray | None = None
-    eval_indices: np.ndarray | None = None
-
-    def settings(self, config: TrainConfig) -> dict[str, float | None]:
-        """The member's effective rates (the optimizer's rules, e.g. "momentum" means 0.9)."""
-        pick = lambda mine, default: default if mine is None else mine
-        momentum = pick(self.momentum, config.momentum)
-        return {
-            "learning_rate": pick(self.learning_rate, config.learning_rate),
-            "weight_decay": pick(self.weight_decay, config.weight_decay),
-            "momentum": optim.effective_momentum(config.optimizer, momentum),
-            "dropout": self.dropout,
-        }
-
-    def describe(self, config: TrainConfig) -> dict:
-        """JSON-able: seed, the rates, and the sizes of the subsets."""
-        row = {"seed": self.seed, **self.settings(config)}
-        for name in ("train_indices", "eval_indices"):
-            value = getattr(self, name)
-            row[name.replace("indices", "examples")] = None if value is None else len(value)
-        return row
+from jaxnotes import modules, parallel, profiling, runs, steps, training
+from jaxnotes.config import TrainConfig
+from jaxnotes.members import (
+    Member,
+    check_members,
+    check_population_config,
+    hash_indices,
+    member_preprocessing,
+    traced_preprocess,
+    traced_settings,
+    tx_factory,
+)
 
 
 @dataclasses.dataclass
@@ -128,97 +100,6 @@ class PopulationResult:
         return np.stack(out)
 
 
-# --- checks --------------------------------------------------------------------------------------
-
-
-def _check_members(members: Sequence[Member], config: TrainConfig, train_data, eval_data) -> None:
-    if not members:
-        raise ValueError("a population needs at least one member")
-    for i, member in enumerate(members):
-        if not isinstance(member, Member):
-            raise TypeError(f"member {i} must be a jaxnotes.population.Member, got {member!r}")
-        try:
-            for name, value in {**member.settings(config), "seed": member.seed}.items():
-                if value is not None:
-                    check_value(name, value)
-        except ValueError as error:
-            raise ValueError(f"member {i}: {error}") from None
-        for name, dataset in (("train_indices", train_data), ("eval_indices", eval_data)):
-            _check_indices(i, name, getattr(member, name), dataset)
-        n = len(train_data) if member.train_indices is None else len(member.train_indices)
-        if n < config.batch_size:
-            raise ValueError(
-                f"member {i} trains on {n} examples, fewer than one batch of {config.batch_size}"
-            )
-
-
-def _check_indices(i: int, name: str, idx, dataset) -> None:
-    if idx is None:
-        return
-    idx = np.asarray(idx)
-    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"member {i}: {name} must be a non-empty 1-D integer array")
-    if idx.min() < 0 or idx.max() >= len(dataset):
-        raise ValueError(
-            f"member {i}: {name} go from {idx.min()} to {idx.max()}, outside the data set's "
-            f"0..{len(dataset) - 1}"
-        )
-
-
-def _dropout_field(module) -> str:
-    fields = getattr(module, "__dataclass_fields__", {})
-    for name in ("dropout", "aux_dropout"):
-        if name in fields:
-            return name
-    raise ValueError(
-        f"members set a dropout rate but {type(module).__name__} has no 'dropout' field to set "
-        "(zoo models: mlp, alexnet, vgg*, nin, googlenet's aux heads)"
-    )
-
-
-def hash_indices(indices: np.ndarray) -> str:
-    """A short fingerprint of an index array (a resumed population must train the same folds)."""
-    return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()[:16]
-
-
-# --- the compiled pieces -------------------------------------------------------------------------
-
-
-def _tx_factory(config: TrainConfig, members: Sequence[Member]) -> Callable[[dict], Any]:
-    """hyper -> the member's optax chain (the config's optimizer with traced rates)."""
-    rates = [m.settings(config) for m in members]
-    with_momentum = config.optimizer != "adam" and any(r["momentum"] > 0 for r in rates)
-    with_decay = any(r["weight_decay"] > 0 for r in rates)
-
-    def tx_for(hyper: dict):
-        learning_rate = hyper["learning_rate"]
-        if config.schedule == "cosine":  # fit's schedule, with each member's own length
-            learning_rate = optim.cosine_decay(learning_rate, hyper["total_steps"])
-        return optim.chain(
-            config.optimizer, learning_rate, hyper["momentum"], hyper["weight_decay"],
-            config.decoupled, with_momentum=with_momentum, with_decay=with_decay,
-        )  # fmt: skip
-
-    return tx_for
-
-
-def _hyper(config, members: Sequence[Member], module, steps_per_member: np.ndarray):
-    """The members' traced settings, one float32 array per name in HYPER (plus each member's
-    total steps), and the module field the dropout rate goes into (None: not traced)."""
-    rates = [m.settings(config) for m in members]
-    traced_dropout = any(r["dropout"] is not None for r in rates)
-    field = _dropout_field(module) if traced_dropout else None
-    default_rate = getattr(module, field, 0.0) if field else 0.0
-    hyper = {
-        name: np.array(
-            [r[name] if r[name] is not None else default_rate for r in rates], np.float32
-        )
-        for name in HYPER
-    }
-    hyper["total_steps"] = (config.epochs * steps_per_member).astype(np.int32)
-    return hyper, field
-
-
 # Members vectorised at once, at most: measured on 2 CPU cores (LeNet, batch 16), 4 members
 # vmapped ran 1.5x the examples/s of one, 16 or 64 only 0.7x (the stacked convolutions leave
 # the caches); chunks of 4 run one after another inside the same program (lax.map).
@@ -242,7 +123,7 @@ def _chunked(step: Callable, size: int, devices: int) -> Callable:
 
 def _member_programs(job: PopulationJob, module, field, preprocess) -> tuple[Callable, Callable]:
     """(the vmapped train step over (state, hyper, batch, metrics), the vmapped eval step)."""
-    config, fns, tx_for = job.config, job.fns, _tx_factory(job.config, job.members)
+    config, fns, tx_for = job.config, job.fns, tx_factory(job.config, job.members, job.make_tx)
 
     def member_model(hyper_m):
         if field is None:
@@ -266,35 +147,6 @@ def _member_programs(job: PopulationJob, module, field, preprocess) -> tuple[Cal
     train = placement.jit_train(_chunked(jax.vmap(member_step), size, placement.num_devices))
     evaluate = placement.jit_eval(jax.vmap(member_eval))
     return train, evaluate
-
-
-def _preprocessing(config: TrainConfig, train_data, subsets) -> list:
-    """Each member's ``Preprocessing``: "standardize" statistics of its own training subset."""
-    from jaxnotes import data as jdata
-
-    if config.normalization != "standardize":
-        return [training.config_preprocessing(config, train_data)] * len(subsets)
-    out = []
-    for subset in subsets:
-        part = jdata.from_arrays(train_data.images[subset], train_data.labels[subset])
-        out.append(training.config_preprocessing(config, part))
-    return out
-
-
-def _traced_preprocess(preprocessing: list, hyper: dict) -> Callable:
-    """hyper_m -> the member's preprocessing function (its statistics ride in ``hyper``)."""
-    first = preprocessing[0]
-    if first.normalization != "standardize":
-        return lambda hyper_m: first.function()
-    hyper["mean"] = np.array([p.mean for p in preprocessing], np.float32)
-    hyper["std"] = np.array([p.std for p in preprocessing], np.float32)
-    from jaxnotes.data import make_preprocess
-
-    def preprocess(hyper_m):
-        scale = make_preprocess(first.resize, "scale")
-        return lambda images: (scale(images) - hyper_m["mean"]) / hyper_m["std"]
-
-    return preprocess
 
 
 # --- the job -------------------------------------------------------------------------------------
@@ -321,6 +173,7 @@ class PopulationJob:
     eval_step: Callable = None
     init: Callable = None
     primary: bool = True
+    make_tx: Callable | None = None  # the user's tx factory (None: the config's optimizer)
 
     @property
     def size(self) -> int:
@@ -433,7 +286,8 @@ def _stacked(tree_fn: Callable[[], dict], size: int) -> dict:
     return jax.tree.map(lambda x: np.broadcast_to(x, (size, *x.shape)).copy(), host)
 
 
-def _build(config, members, module, train_data, eval_data, devices, log) -> PopulationJob:
+def _build(config, members, module, data, devices, log, make_tx=None) -> PopulationJob:
+    train_data, eval_data = data
     if len(members) % devices:
         raise ValueError(
             f"{len(members)} members do not divide over {devices} devices; use a multiple of "
@@ -446,14 +300,14 @@ def _build(config, members, module, train_data, eval_data, devices, log) -> Popu
     every = lambda data, chosen: np.arange(len(data)) if chosen is None else np.asarray(chosen)
     job = PopulationJob(
         config, list(members), fns, train_data, eval_data, shape,
-        parallel.LeadingAxisSharded(devices), log,
+        parallel.LeadingAxisSharded(devices), log, make_tx=make_tx,
     )  # fmt: skip
     job.subsets = [every(train_data, m.train_indices) for m in members]
     job.eval_subsets = [every(eval_data, m.eval_indices) for m in members]
     job.member_steps = np.array([len(s) // config.batch_size for s in job.subsets])
-    hyper, field = _hyper(config, members, module, job.member_steps)
-    job.preprocessing = _preprocessing(config, train_data, job.subsets)
-    preprocess = _traced_preprocess(job.preprocessing, hyper)
+    hyper, field = traced_settings(config, members, module, job.member_steps)
+    job.preprocessing = member_preprocessing(config, train_data, job.subsets)
+    preprocess = traced_preprocess(job.preprocessing, hyper)
     job.train_step, job.eval_step = _member_programs(job, module, field, preprocess)
     job.hyper = job.placement.put(hyper)
     job.init = _compiled_init(job, hyper)
@@ -461,7 +315,11 @@ def _build(config, members, module, train_data, eval_data, devices, log) -> Popu
 
 
 def _compiled_init(job: PopulationJob, hyper: dict) -> Callable:
-    tx_for, fns, placement = _tx_factory(job.config, job.members), job.fns, job.placement
+    tx_for, fns, placement = (
+        tx_factory(job.config, job.members, job.make_tx),
+        job.fns,
+        job.placement,
+    )
 
     def member_init(seed, hyper_m):
         x = jnp.zeros((1, *job.input_shape), jnp.float32)
@@ -486,6 +344,7 @@ def fit_population(
     overwrite: bool = False,
     devices: int = 1,
     rows_file: str | None = "members.jsonl",
+    tx: Callable[..., optax.GradientTransformation] | None = None,
     log: Callable[[str], None] = print,
 ) -> PopulationResult:
     """Train every member of a population at once (see the module docstring).
@@ -500,8 +359,12 @@ def fit_population(
       model: any module ``fit`` accepts (None: the zoo's ``config.model``).
       train_data: the data every member's ``train_indices`` index (default ``config.dataset``'s
         training split); eval_data: what ``eval_indices`` index (default its test split).
-      resume: continue from the newest intact checkpoint (same config and members).
-      devices: split the members over this many devices (P must divide by it).
+      resume: continue from the newest intact checkpoint (same config and members); devices:
+        split the members over this many devices (P must divide by it).
+      tx: a factory of the members' optimizer, ``tx(learning_rate=..., [weight_decay=...,
+        momentum=...])``, e.g. ``optax.inject_hyperparams(optax.adamw)``: each member's rates
+        (the ones it takes) are passed as traced arrays: a population varies exactly these
+        three (the config's schedule, warm-up and clipping apply). None: config's optimizer.
       log: one line per epoch (mean and best validation accuracy, diverged members).
 
     Returns:
@@ -511,14 +374,15 @@ def fit_population(
 
     phases, session, failing = profiling.Phases(), None, True
     config.validate()
+    check_population_config(config)
     config = dataclasses.replace(config, model=training.model_label(config, model))
     train_data = jdata.load(config.dataset, "train") if train_data is None else train_data
     eval_data = jdata.load(config.dataset, "test") if eval_data is None else eval_data
-    _check_members(members, config, train_data, eval_data)
+    check_members(members, config, train_data, eval_data)
     module = training.resolve_model(config, model, train_data.num_classes)
     with profiling.CompileLog() as compiles:
         with phases("build"):
-            job = _build(config, members, module, train_data, eval_data, devices, log)
+            job = _build(config, members, module, (train_data, eval_data), devices, log, tx)
         try:
             with phases("init"):
                 seeds = job.placement.put(np.array([m.seed for m in members], np.uint32))

@@ -139,8 +139,9 @@ DIGITS: dict[str, dict[str, Any]] = {
     "vgg16": {"learning_rate": 0.02, "batch_size": 32, "epochs": 10, "resize": 32},
     "nin": {"learning_rate": 0.05, "batch_size": 32, "epochs": 15, "resize": 68},
     # The batch-norm nets train with plain SGD at a large rate; a cosine decay steadies the
-    # running statistics for the last epochs (constant: test acc swung 0.81-0.96 epoch to epoch).
-    # 0.963-0.970 (seeds 0-1) in about 10 s; lr 0.1 (d2l1's) 0.967, lr 1.0 (classic's) 0.95
+    # running statistics for the last epochs (constant lr: test acc swung 0.81-0.96 from epoch
+    # to epoch). Times: 2 shared cores, `JAXNOTES_COMPILE_CACHE=0` (cold).
+    # lenet_bn: 0.963-0.970 (seeds 0-2) in ~10 s; constant lr 0.1 (d2l1's) 0.967, 1.0 0.95
     "lenet_bn": {
         "learning_rate": 0.5,
         "schedule": "cosine",
@@ -148,8 +149,8 @@ DIGITS: dict[str, dict[str, Any]] = {
         "epochs": 10,
         "resize": 28,
     },
-    # >= 0.95 (0.980-0.981 over seeds 0-2) in about 35 s with a warm compile cache, ~45 s cold;
-    # 3 epochs: 0.969-0.976
+    # >= 0.95 (0.980-0.981 over seeds 0-2) in ~30 s cold (8 s of it compiling); 3 epochs:
+    # 0.969-0.976
     "resnet18": {
         "learning_rate": 0.05,
         "schedule": "cosine",
@@ -157,7 +158,7 @@ DIGITS: dict[str, dict[str, Any]] = {
         "epochs": 4,
         "resize": 32,
     },
-    # 0.989 in about 45 s (25 s of it compiling; the smallest input is 29x29)
+    # 0.989-0.994 (seeds 0-2) in ~37 s cold (20 s of it compiling); 29x29 is its smallest input
     "densenet": {
         "learning_rate": 0.1,
         "schedule": "cosine",

@@ -16,15 +16,13 @@ every member of a population. Checkpoints are numbered by position, so a run res
 where it stopped, mid-epoch included (the epoch's running sums and the guard's memory are in the
 checkpoint's metadata).
 
-The one prediction path is here too: :func:`predict_probabilities` (a model, its state and the
-run's own :class:`jaxnotes.data.Preprocessing`), used by ``FitResult.predict``, a population's
-members and fold ensemble, ``load_run`` and the notebooks.
+A finished run is loaded with :func:`load_run`, and every prediction goes one way,
+:func:`predict_probabilities` (both in ``jaxnotes.inference``, re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -33,13 +31,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxnotes import guard, losses, modules, profiling, steps
+from jaxnotes import guard, profiling, steps
 from jaxnotes import workdir as workdirs
 from jaxnotes.checkpoints import CheckpointError, Checkpoints
 from jaxnotes.config import TrainConfig
+from jaxnotes.inference import LoadedRun, load_run, predict_probabilities  # noqa: F401 -- the API
 
 # --- files ---------------------------------------------------------------------------------------
 
@@ -475,47 +473,3 @@ def import_in_background() -> None:
             pass
 
     threading.Thread(target=work, name="jaxnotes-imports", daemon=True).start()
-
-
-# --- the one prediction path ---------------------------------------------------------------------
-
-
-def predict_probabilities(
-    model: Any, state: Any, preprocessing, images: np.ndarray, *, stacked: bool = False,
-    batch_size: int = 256,
-) -> np.ndarray:  # fmt: skip
-    """Class probabilities of a trained model, in eval mode, with the run's own preprocessing.
-
-    ``model``: the module (or ``modules.Model``) the run trained; ``state``: its ``TrainState``
-    (or bare parameters); ``preprocessing``: the run's ``jaxnotes.data.Preprocessing``;
-    ``images`` (n, H, W, C) as the data set stores them. ``stacked``: ``state`` holds P members on
-    a leading axis (a population) -> (P, n, classes); else (n, classes). One program per batch
-    shape: the last, shorter batch is padded.
-    """
-    forward = _forward(modules.as_model(model), preprocessing, stacked)
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (n, height, width, channels), got shape {images.shape}")
-    parts = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        padded = chunk
-        if len(images) > batch_size > len(chunk):  # every call the same shape: one program
-            pad = np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)
-            padded = np.concatenate([chunk, pad])
-        out = np.asarray(forward(state, padded))
-        parts.append(out[..., : len(chunk), :])
-    return np.concatenate(parts, axis=-2)
-
-
-@functools.lru_cache(maxsize=16)
-def _forward(fns: modules.Model, preprocessing, stacked: bool) -> Callable:
-    """The jitted forward pass, kept per (model, preprocessing): repeated calls compile once."""
-    preprocess = preprocessing.function()
-
-    def one(weights, x):
-        params, model_state = steps.variables_of(weights)
-        outputs, _ = fns.apply(params, model_state, preprocess(x), False)
-        return jax.nn.softmax(losses.logits_of(outputs).astype(jnp.float32), axis=-1)
-
-    return jax.jit(jax.vmap(one, in_axes=(0, None)) if stacked else one)

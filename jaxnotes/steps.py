@@ -294,13 +294,9 @@ def make_train_step(
             return loss, (losses.logits_of(outputs).astype(jnp.float32), model_state)
 
         scale = state.extras.get("loss_scale")
-        if scale is None:
-            grad_fn = jax.value_and_grad(objective, has_aux=True)
-            (loss, (logits, model_state)), grads = grad_fn(state.params)
-            finite = jnp.asarray(True)
-        else:  # grads come back unscaled, averaged over pmap's devices
-            grad_fn = scale.value_and_grad(objective, has_aux=True, axis_name=axis_name)
-            scale, finite, (loss, (logits, model_state)), grads = grad_fn(state.params)
+        scale, finite, (loss, (logits, model_state)), grads = _gradients(
+            objective, state.params, scale, axis_name
+        )
         batch_sums = _metric_sums(metric_fns, logits, labels, 1.0)
         count = jnp.asarray(labels.shape[0], jnp.float32)
         if axis_name is not None:
@@ -323,6 +319,16 @@ def make_train_step(
         return state, sums
 
     return train_step
+
+
+def _gradients(objective, params, scale, axis_name):
+    """(scale, finite, (loss, aux), grads) of ``objective``; with a dynamic loss ``scale``
+    (fp16) the loss is scaled and the gradients come back unscaled, averaged over pmap's
+    devices, with whether they are finite."""
+    if scale is None:
+        out, grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return None, jnp.asarray(True), out, grads
+    return scale.value_and_grad(objective, has_aux=True, axis_name=axis_name)(params)
 
 
 def _keep_if(finite: jax.Array, new: Any, old: Any) -> Any:

@@ -262,8 +262,11 @@ class FitJob:
         what the optimizer, loss and metrics are (a resume with others is refused by name)."""
         name = lambda fn: None if fn is None else f"{fn.__module__}.{fn.__qualname__}"
         metrics = self.policy.get("metrics") or {}
+        images = self.train_data.images
         return {
             "preprocessing": self.built.preprocessing.to_json(),
+            "num_classes": self.built.num_logits,
+            "image": {"shape": list(images.shape[1:]), "dtype": str(images.dtype)},
             "optimizer": optim.describe(self.built.tx),
             "loss_fn": name(self.policy.get("loss_fn")),
             "metric_fns": {k: name(fn) for k, fn in sorted(metrics.items())},
@@ -474,9 +477,7 @@ def _run(job: FitJob, workdir, resume, overwrite, phases, compiles) -> FitResult
         info = hooks.RunInfo(job.config, session.folder and session.folder.path,
                              job.steps_per_epoch, job.primary)  # fmt: skip
         hooks.call(job.callbacks, "on_train_begin", info)  # info.primary: who writes
-        session.on_step = lambda step, running: hooks.call(
-            job.callbacks, "on_step", step, running
-        )
+        session.on_step = lambda step, running: hooks.call(job.callbacks, "on_step", step, running)
         runs.train_epochs(job, session, epoch_end)
         result = _outputs(job, session, compiles)
         failing = False

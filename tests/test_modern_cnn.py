@@ -354,6 +354,33 @@ def test_convolutions_and_max_pools_take_the_cpu_fast_paths(name, convs, max_poo
     assert calls == {"conv": convs, "max_pool": max_pools}
 
 
+def test_strided_conv_to_a_tiny_map_takes_the_gemm_input_gradient_and_is_exact():
+    # ResNet-18's stride-2 3x3 convs at a 32x32 input (4x4 -> 2x2): XLA's own input gradient
+    # is 5-15x slower there (cpu_kernels.plan); the product computes the same gradient.
+    strides, padding = (2, 2), ((1, 1), (1, 1))
+    how = cpu_kernels.plan((32, 4, 4, 128), (3, 3, 128, 256), strides, padding)
+    assert (how.forward, how.input_grad, how.kernel_grad) == ("native", "gemm", "native")
+    assert cpu_kernels.plan((32, 8, 8, 64), (3, 3, 64, 128), strides, padding).input_grad == (
+        "native"
+    )  # an 8x8 -> 4x4 one keeps XLA's
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 4, 4, 24)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 24, 40)), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(2, 2, 2, 40)), jnp.float32)
+
+    def grads(conv):
+        return jax.grad(lambda x, k: jnp.sum(conv(x, k) * cotangent), argnums=(0, 1))(x, kernel)
+
+    fast = grads(lambda x, k: cpu_kernels.fast_conv(x, k, strides, padding))
+    plain = grads(
+        lambda x, k: jax.lax.conv_general_dilated(
+            x, k, strides, padding, dimension_numbers=cpu_kernels.NHWC
+        )
+    )
+    for ours, xla in zip(fast, plain, strict=True):
+        np.testing.assert_allclose(ours, xla, rtol=1e-4, atol=1e-4)
+
+
 # ---- against d2l's PyTorch networks ------------------------------------------------------------
 
 # Sizes where the last map is at least 2x2 (global average pooling really averages) yet the

@@ -36,7 +36,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _device_flags(parser)
     _run_flags(parser)
     _population_flags(parser)
+    _policy_flags(parser)
     return parser.parse_args(argv)
+
+
+POLICY_FLAGS = {  # flag -> (TrainConfig field, type, default, help)
+    "--validation-fraction": ("validation_fraction", float, 0.0, "score each epoch on a "
+                              "stratified part of the training split (the test split at the end)"),
+    "--warmup-steps": ("warmup_steps", int, 0, "linear learning-rate warm-up over N updates"),
+    "--clip-norm": ("clip_norm", float, 0.0, "clip the gradients' global norm (0: off)"),
+    "--accumulate": ("accumulate", int, 1, "average N batches' gradients per update"),
+    "--ema-decay": ("ema_decay", float, 0.0, "evaluate with a moving average of the weights"),
+    "--early-stopping": ("early_stopping", int, 0, "stop after N epochs without improvement"),
+    "--monitor": ("monitor", str, None, "what early stopping and --keep-best watch (default "
+                  "val_loss, or test_loss without validation)"),
+    "--mode": ("mode", str, None, "min or max (default: from the monitor's name)"),
+    "--min-delta": ("min_delta", float, 0.0, "the least change that counts as improving"),
+    "--keep-best": ("keep_best", int, 0, "also keep the N best checkpoints by --monitor"),
+}  # fmt: skip
+
+
+def _policy_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("policies (README: Beyond the defaults)")
+    for flag, (_, kind, default, text) in POLICY_FLAGS.items():
+        group.add_argument(flag, type=kind, default=default, help=text)
+    group.add_argument("--test-every-epoch", action="store_true",
+                       help="with validation, also score the test split every epoch")  # fmt: skip
+    group.add_argument("--tensorboard", action="store_true",
+                       help="event files in WORKDIR/tensorboard (tensorboardX)")  # fmt: skip
+    group.add_argument(
+        "--export", metavar="PATH", help="after training (or with --resume, of a finished run) "
+        "write its inference as jax.export StableHLO for cpu, cuda and tpu",
+    )  # fmt: skip
 
 
 def _training_flags(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +97,12 @@ def _training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--normalization", default="scale", choices=("scale", "standardize", "imagenet")
     )
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="fp16 trains with dynamic loss scaling (a T4's fast path; it has no bf16 units)",
+    )
 
 
 def _device_flags(parser: argparse.ArgumentParser) -> None:
@@ -129,7 +165,6 @@ def _population_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     """Flags over the preset for (model, dataset); raises UsageError for impossible values."""
-    from jaxnotes.config import value_error
     from jaxnotes.training import TrainConfig
 
     if args.model not in MODELS:
@@ -146,23 +181,7 @@ def build_config(args: argparse.Namespace):
         "schedule": args.schedule,
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    model_kwargs = settings.pop("model_kwargs", {})
-    if args.aux_logits is not None:
-        if args.model != "googlenet":
-            raise UsageError("--aux-logits applies to googlenet only")
-        model_kwargs["aux_logits"] = args.aux_logits
-    if args.weight_init is not None:
-        model_kwargs["weight_init"] = args.weight_init
-    if args.dropout is not None:
-        # GoogLeNet's only dropout layers are in its auxiliary heads.
-        if args.model == "lenet" or (
-            args.model == "googlenet" and not model_kwargs.get("aux_logits", False)
-        ):
-            raise UsageError(f"--dropout: {args.model} has no dropout layer in the book")
-        message = value_error("dropout", args.dropout)
-        if message:
-            raise UsageError("--" + message)
-        model_kwargs["aux_dropout" if args.model == "googlenet" else "dropout"] = args.dropout
+    model_kwargs = _model_kwargs(args, settings.pop("model_kwargs", {}))
     config = TrainConfig(
         model=args.model,
         dataset=args.dataset,
@@ -178,13 +197,42 @@ def build_config(args: argparse.Namespace):
         devices=args.devices,
         parallel=args.parallel,
         steps_per_dispatch=args.steps_per_dispatch,
+        test_every_epoch=args.test_every_epoch,
+        tensorboard=args.tensorboard,
+        **{field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, *_) in
+           POLICY_FLAGS.items()},
         **settings,
-    )
+    )  # fmt: skip
     try:
         config.validate()
     except ValueError as error:
         raise UsageError(_as_flag(str(error))) from None
     return config
+
+
+def _model_kwargs(args: argparse.Namespace, model_kwargs: dict) -> dict:
+    """The preset's model fields with --aux-logits, --weight-init and --dropout over them."""
+    from jaxnotes.config import value_error
+    from jaxnotes.models import MODELS as ZOO
+
+    if args.aux_logits is not None:
+        if args.model != "googlenet":
+            raise UsageError("--aux-logits applies to googlenet only")
+        model_kwargs["aux_logits"] = args.aux_logits
+    if args.weight_init is not None:
+        model_kwargs["weight_init"] = args.weight_init
+    if args.dropout is not None:
+        # GoogLeNet's only dropout layers are in its auxiliary heads.
+        field = "aux_dropout" if args.model == "googlenet" else "dropout"
+        factory = ZOO[args.model]
+        fields = getattr(getattr(factory, "func", factory), "__dataclass_fields__", {})
+        if field not in fields or (field == "aux_dropout" and not model_kwargs.get("aux_logits")):
+            raise UsageError(f"--dropout: {args.model} has no dropout layer in the book")
+        message = value_error("dropout", args.dropout)
+        if message:
+            raise UsageError("--" + message)
+        model_kwargs[field] = args.dropout
+    return model_kwargs
 
 
 def _as_flag(message: str) -> str:
@@ -196,6 +244,7 @@ def _as_flag(message: str) -> str:
 
 
 FIELD_FLAGS = {
+    **{field: flag for flag, (field, *_) in POLICY_FLAGS.items()},
     "learning_rate": "--lr",
     "weight_decay": "--weight-decay",
     "seed": "--seed",
@@ -284,60 +333,88 @@ def _fail(message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        _check_launch_flags(args)
-        # Before anything touches the JAX backend.
-        from jaxnotes.parallel import maybe_initialize_distributed
-
-        maybe_initialize_distributed(
-            args.coordinator, args.num_processes, args.process_id, timeout=args.coordinator_timeout
-        )
+        config, workdir = _prepare(args)
     except (UsageError, ValueError) as error:
-        return _fail(str(error), 2)
-    from jaxnotes.workdir import WorkdirError
-
-    population = args.k_fold is not None or args.search is not None or args.search_space
-    try:
-        config = build_config(args)
-        if population:
-            from train import populations
-
-            populations.check(args)
-        workdir = resolve_workdir(args)
-    except (UsageError, WorkdirError, ValueError) as error:
         return _fail(str(error), 2)
     if not args.no_compile_cache:
         from jaxnotes import compile_cache
 
         compile_cache.enable()
+    return _train(args, config, workdir)
 
+
+def _prepare(args: argparse.Namespace):
+    """Every flag checked, distributed JAX started, the workdir resolved: (config, workdir)."""
+    _check_launch_flags(args)
+    # Before anything touches the JAX backend.
+    from jaxnotes.parallel import maybe_initialize_distributed
+    from jaxnotes.workdir import WorkdirError
+
+    maybe_initialize_distributed(
+        args.coordinator, args.num_processes, args.process_id, timeout=args.coordinator_timeout
+    )
+    try:
+        config = build_config(args)
+        if _is_population(args):
+            from train import populations
+
+            populations.check(args)
+        return config, resolve_workdir(args)
+    except WorkdirError as error:
+        raise UsageError(str(error)) from None
+
+
+def _is_population(args: argparse.Namespace) -> bool:
+    return args.k_fold is not None or args.search is not None or bool(args.search_space)
+
+
+def _train(args: argparse.Namespace, config, workdir) -> int:
+    """Train (one run or a population); the exit code (see train/__main__.py)."""
     import jax
 
     from jaxnotes.checkpoints import CheckpointError
     from jaxnotes.data import DatasetUnavailableError
     from jaxnotes.training import TrainingDivergedError, TrainingInterrupted, fit
+    from jaxnotes.workdir import WorkdirError
 
+    exported = None
     try:
-        if population:
-            summary = populations.run(args, config, workdir)
-            if jax.process_index() == 0:
-                print(json.dumps(summary))
-            return 0
-        result = fit(config, workdir, resume=args.resume, overwrite=args.overwrite)
-    except (
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        DatasetUnavailableError,
-        WorkdirError,
-    ) as error:
+        if _is_population(args):
+            from train import populations
+
+            line = populations.run(args, config, workdir)
+        else:
+            result = fit(config, workdir, resume=args.resume, overwrite=args.overwrite)
+            exported = _export(args, config, result)
+            line = {**result.summary, "edition": _edition(args)}
+    except (ValueError, TypeError, FileNotFoundError, DatasetUnavailableError,
+            WorkdirError) as error:  # fmt: skip
         return _fail(str(error), 2)
     except (TrainingDivergedError, CheckpointError) as error:
         return _fail(str(error), 1)
     except TrainingInterrupted as error:
         return _fail(str(error), 128 + error.signum)
     if jax.process_index() == 0:
-        print(json.dumps({**result.summary, "edition": _edition(args)}))
+        if exported is not None:
+            line["export"] = str(exported)
+        print(json.dumps(line))
     return 0
+
+
+def _export(args, config, result):
+    """With --export PATH: the run's inference, at its best checkpoint when it kept one."""
+    if not args.export:
+        return None
+    import jax
+
+    from jaxnotes import export
+
+    which = "best" if config.keep_best else "latest"
+    if jax.process_index() != 0:
+        return None
+    path = export.export_run(result.workdir, args.export, which)
+    print(f"exported the {which} checkpoint's inference to {path}", file=sys.stderr)
+    return path
 
 
 def _edition(args) -> str | None:

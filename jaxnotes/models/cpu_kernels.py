@@ -42,8 +42,10 @@ Layouts: NHWC inputs, HWIO kernels, as ``nn.Conv``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import jax
@@ -56,9 +58,27 @@ Strides = tuple[int, int]
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+_PORTABLE = threading.local()  # set while lowering for other platforms (jaxnotes.export)
+
+
 def fast_path_enabled(*arrays: jax.Array) -> bool:
-    """True where these kernels replace XLA's: the CPU backend, float32 operands."""
+    """True where these kernels replace XLA's: the CPU backend, float32 operands, and not
+    while a program is being lowered for other platforms too (:func:`portable`)."""
+    if getattr(_PORTABLE, "on", False):
+        return False
     return jax.default_backend() == "cpu" and all(a.dtype == jnp.float32 for a in arrays)
+
+
+@contextlib.contextmanager
+def portable() -> Iterator[None]:
+    """Trace with XLA's own convolution and pooling (the same function): a program exported
+    for GPU and TPU too must not carry the CPU-shaped forms."""
+    before = getattr(_PORTABLE, "on", False)
+    _PORTABLE.on = True
+    try:
+        yield
+    finally:
+        _PORTABLE.on = before
 
 
 # ---- geometry ------------------------------------------------------------------------------------
