@@ -372,6 +372,27 @@ class Checkpoints:
             raise ValueError("the restored tree has missing leaves")
         return state
 
+    def set_aside_from(self, first_bad: int) -> str | None:
+        """Move every checkpoint from step ``first_bad`` on to ``DIR/../diverged-checkpoints``
+        (they hold weights the guard found bad); returns the newest one left (None: none)."""
+        moved = [s for s in self.all_steps() if s >= first_bad]
+        for step in moved:
+            target = self.directory.parent / "diverged-checkpoints" / str(step)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(self.path(step), target)
+        if moved:
+            self.note(
+                f"moved checkpoint(s) {', '.join(map(str, moved))} (weights from step "
+                f"{first_bad} on, which the guard found bad) to "
+                f"{self.directory.parent / 'diverged-checkpoints'}"
+            )
+            self.manager.close()
+            self._open()
+        latest = self.latest_step()
+        return None if latest is None else self.path(latest)
+
     def _set_aside(self, step: int, error: BaseException) -> None:
         damaged = self.directory.parent / "damaged-checkpoints" / str(step)
         damaged.parent.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,10 @@ class TrainingDivergedError(RuntimeError):
         checkpoint: str | None,
         causes: list[str] | None = None,
     ):
+        """``step``: the first step whose loss was bad, i.e. computed from the weights after
+        ``step`` updates: a checkpoint of those weights or later ones is not good."""
         self.step, self.kind, self.loss, self.checkpoint = step, kind, loss, checkpoint
-        self.causes = list(causes or [])
+        self.detail, self.causes = detail, list(causes or [])
         kept = (
             f"The last good checkpoint is intact: {checkpoint}"
             if checkpoint
@@ -87,6 +89,11 @@ def batch_causes(batch: dict, num_logits: int) -> list[str]:
                 f"the batch holds {int(bad.sum())} non-finite input value(s) (first at example "
                 f"{int(first[0])} of the batch: {images[tuple(first)]}); clean the data"
             )
+        elif images.size and np.max(np.abs(images)) > 8:
+            causes.append(
+                f"the inputs reach {np.max(np.abs(images)):g}: float images are taken to be in "
+                "[0, 1] (pixels 0-255 as floats are not scaled); divide by 255, or pass uint8"
+            )
     labels = np.asarray(batch["label"])
     out = (labels < 0) | (labels >= num_logits)
     if out.any():
@@ -107,6 +114,17 @@ def optimizer_causes(learning_rate: float, weight_decay: float, decoupled: bool)
             f"{'decoupled' if decoupled else 'coupled'} decay)"
         ]
     return []
+
+
+class PopulationDivergedError(RuntimeError):
+    """Every member of a population diverged: nothing was learned (the runner exits 1)."""
+
+
+def with_checkpoint(error: TrainingDivergedError, checkpoint: str | None) -> TrainingDivergedError:
+    """The same error naming another last good checkpoint."""
+    return TrainingDivergedError(
+        error.step, error.kind, error.loss, error.detail, checkpoint, error.causes
+    )
 
 
 class TrainingInterrupted(KeyboardInterrupt):

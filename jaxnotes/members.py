@@ -64,8 +64,11 @@ class Member:
 
 
 def check_members(members: Sequence[Member], config: TrainConfig, train_data, eval_data) -> None:
+    """ValueError/TypeError naming the first member (or data) no population can train."""
     if not members:
         raise ValueError("a population needs at least one member")
+    for name, dataset in (("train_data", train_data), ("eval_data", eval_data)):
+        check_finite(name, dataset)
     for i, member in enumerate(members):
         if not isinstance(member, Member):
             raise TypeError(f"member {i} must be a jaxnotes.population.Member, got {member!r}")
@@ -81,6 +84,20 @@ def check_members(members: Sequence[Member], config: TrainConfig, train_data, ev
         if n < config.batch_size:
             raise ValueError(
                 f"member {i} trains on {n} examples, fewer than one batch of {config.batch_size}"
+            )
+
+
+def check_finite(name: str, dataset) -> None:
+    """A population does not stop at a NaN (a diverged member is a result): NaN or inf in the
+    data would make every member diverge, so it is refused up front, by name."""
+    images = np.asarray(dataset.images)
+    if np.issubdtype(images.dtype, np.floating):
+        bad = ~np.isfinite(images)
+        if bad.any():
+            first = int(np.argwhere(bad)[0][0])
+            raise ValueError(
+                f"{name} holds {int(bad.sum())} non-finite pixel value(s) (NaN or inf; the first "
+                f"in example {first}); clean the data before training"
             )
 
 

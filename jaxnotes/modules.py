@@ -279,11 +279,13 @@ def check_outputs(model: Model, input_shape: tuple[int, ...], num_classes: int) 
                     f"(logits, *aux_logits); in {mode} mode it returned {_describe(out)}"
                 )
         width = parts[0].shape[1]
-    if width < num_classes:
-        raise ValueError(
-            f"the data has labels 0..{num_classes - 1} but {model.label} outputs {width} logits; "
-            f"give the model at least {num_classes} outputs"
-        )
+        for i, part in enumerate(parts):  # the main logits, then each auxiliary head's
+            if part.shape[1] < num_classes:
+                what = "outputs" if i == 0 else f"auxiliary head {i} (training mode) outputs"
+                raise ValueError(
+                    f"the data has labels 0..{num_classes - 1} but {model.label}'s {what} "
+                    f"{part.shape[1]} logits; give it at least {num_classes} outputs"
+                )
     return width
 
 
@@ -295,17 +297,23 @@ def _bytes(aval: Any) -> int:
     return int(np.prod(aval.shape, dtype=np.int64)) * jnp.dtype(aval.dtype).itemsize
 
 
-def memory_floor(model: Model, input_shape: tuple[int, ...], batch_size: int) -> dict[str, int]:
+def memory_floor(
+    model: Model, input_shape: tuple[int, ...], batch_size: int, copies: int = 1,
+    state_bytes: int | None = None,
+) -> dict[str, int]:  # fmt: skip
     """A lower bound on the memory one training step needs, from shapes alone (no compute).
 
-    Parameters and their gradients, plus the largest single intermediate array of the forward
-    pass for the whole batch. The real need is larger (every stored activation, the optimizer's
-    slots), so a run refused by this bound could never have fitted.
+    Parameters and their gradients (of ``copies`` models: a population's members), plus the
+    largest single intermediate array of the forward pass for the whole batch. The real need is
+    larger (every stored activation, the optimizer's slots), so a run refused by this bound
+    could never have fitted. ``state_bytes``: the whole training state's size when known (with
+    the optimizer's slots), counted instead of the parameters.
     """
     found = trace_shapes(model, input_shape)
     param_bytes = sum(_bytes(leaf) for leaf in jax.tree.leaves(found.params))
+    state = 2 * param_bytes * copies if state_bytes is None else state_bytes + param_bytes * copies
     return {
-        "params_and_grads": 2 * param_bytes,
+        "params_and_grads": state,
         "largest_activation": batch_size * found.largest_activation,
     }
 
@@ -327,17 +335,23 @@ def device_memory() -> tuple[int | None, str]:
         return None, "unknown"
 
 
-def check_memory(model: Model, input_shape: tuple[int, ...], batch_size: int) -> None:
-    """Raise ValueError, with the figures, when a step cannot fit in the device's memory."""
-    floor = memory_floor(model, input_shape, batch_size)
+def check_memory(
+    model: Model, input_shape: tuple[int, ...], batch_size: int, copies: int = 1,
+    state_bytes: int | None = None,
+) -> None:  # fmt: skip
+    """Raise ValueError, with the figures, when a step cannot fit in the device's memory.
+    ``copies``: models trained at once on the device (a population's members)."""
+    floor = memory_floor(model, input_shape, batch_size, copies, state_bytes)
     need = sum(floor.values())
     have, what = device_memory()
     if have is not None and need > have:
         gib = 2**30
+        who = f"{copies} x {model.label}" if copies > 1 else model.label
+        fix = "fewer members (--search N / --k-fold K) or " if copies > 1 else ""
         raise ValueError(
-            f"{model.label} at input {'x'.join(map(str, input_shape))} with batch {batch_size} "
+            f"{who} at input {'x'.join(map(str, input_shape))} with batch {batch_size} "
             f"needs at least {need / gib:.1f} GiB (parameters and gradients "
             f"{floor['params_and_grads'] / gib:.1f} GiB, the largest activation "
             f"{floor['largest_activation'] / gib:.1f} GiB) but {what} is {have / gib:.1f} GiB; "
-            "use a smaller --resize or --batch-size"
+            f"use {fix}a smaller --resize or --batch-size"
         )

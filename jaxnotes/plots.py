@@ -26,9 +26,16 @@ def pyplot():
 
 
 def _save(fig, path: str | os.PathLike | None):
+    """Save ``fig`` to ``path`` (its format from the suffix) whole or not at all."""
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return fig
 
 

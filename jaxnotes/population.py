@@ -296,7 +296,6 @@ def _build(config, members, module, data, devices, log, make_tx=None) -> Populat
     fns = modules.as_model(module)
     shape = training.input_shape(config, train_data, eval_data)
     modules.check_outputs(fns, shape, training.num_classes(train_data, eval_data))
-    modules.check_memory(fns, shape, config.batch_size * len(members) // devices)
     every = lambda data, chosen: np.arange(len(data)) if chosen is None else np.asarray(chosen)
     job = PopulationJob(
         config, list(members), fns, train_data, eval_data, shape,
@@ -327,6 +326,15 @@ def _compiled_init(job: PopulationJob, hyper: dict) -> Callable:
 
     seeds = jax.ShapeDtypeStruct((job.size,), jnp.uint32)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), hyper)
+    # Every member's whole state (parameters, optimizer slots) is on the devices at once.
+    state = jax.eval_shape(jax.vmap(member_init), seeds, abstract)
+    per_device = job.size // placement.num_devices
+    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
+    at_once = per_device if placement.num_devices > 1 else min(per_device, CHUNK)  # lax.map
+    modules.check_memory(
+        fns, job.input_shape, job.config.batch_size * at_once, copies=per_device,
+        state_bytes=state_bytes // placement.num_devices,
+    )  # fmt: skip
     jitted = jax.jit(jax.vmap(member_init), in_shardings=placement.split,
                      out_shardings=placement.split)  # fmt: skip
     return jitted.lower(seeds, abstract).compile(compiler_options=steps.init_compiler_options())
@@ -370,16 +378,8 @@ def fit_population(
     Returns:
       A ``PopulationResult`` (``rows`` and ``history`` in member order).
     """
-    from jaxnotes import data as jdata
-
     phases, session, failing = profiling.Phases(), None, True
-    config.validate()
-    check_population_config(config)
-    config = dataclasses.replace(config, model=training.model_label(config, model))
-    train_data = jdata.load(config.dataset, "train") if train_data is None else train_data
-    eval_data = jdata.load(config.dataset, "test") if eval_data is None else eval_data
-    check_members(members, config, train_data, eval_data)
-    module = training.resolve_model(config, model, train_data.num_classes)
+    config, module, train_data, eval_data = _set_up(config, members, model, train_data, eval_data)
     with profiling.CompileLog() as compiles:
         with phases("build"):
             job = _build(config, members, module, (train_data, eval_data), devices, log, tx)
@@ -396,6 +396,20 @@ def fit_population(
         finally:
             if session is not None and session.folder is not None:
                 session.folder.close(failing)
+
+
+def _set_up(config, members, model, train_data, eval_data):
+    """Every check before anything is built: (config, module, train_data, eval_data)."""
+    from jaxnotes import data as jdata
+
+    config.validate()
+    check_population_config(config)
+    config = dataclasses.replace(config, model=training.model_label(config, model))
+    train_data = jdata.load(config.dataset, "train") if train_data is None else train_data
+    eval_data = jdata.load(config.dataset, "test") if eval_data is None else eval_data
+    check_members(members, config, train_data, eval_data)
+    module = training.resolve_model(config, model, train_data.num_classes)
+    return config, module, train_data, eval_data
 
 
 def _open_folder(job: PopulationJob, workdir, resume: bool, overwrite: bool):

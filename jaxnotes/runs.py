@@ -22,6 +22,7 @@ A finished run is loaded with :func:`load_run`, and every prediction goes one wa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,6 +41,10 @@ from jaxnotes.config import TrainConfig
 from jaxnotes.inference import LoadedRun, load_run, predict_probabilities  # noqa: F401 -- the API
 
 # --- files ---------------------------------------------------------------------------------------
+
+
+class RunFileError(CheckpointError):
+    """A run's file (metrics, plot, summary) could not be written (disk full, permissions)."""
 
 
 def write_text(path: Path, text: str) -> None:
@@ -127,21 +132,38 @@ class RunFolder:
 
     def write_json(self, name: str, record: Any) -> None:
         if self.primary:
-            self.prepare_to_write()
-            write_json(self.path / name, json_safe(record))
+            with self._writing(name):
+                write_json(self.path / name, json_safe(record))
 
     def write_json_lines(self, name: str, rows: list[dict]) -> None:
         if self.primary:
-            self.prepare_to_write()
-            write_json_lines(self.path / name, json_safe(rows))
+            with self._writing(name):
+                write_json_lines(self.path / name, json_safe(rows))
 
     def save_figure(self, name: str, draw: Callable[[Path], Any]) -> None:
         """``draw(path)`` makes and saves a figure; it is closed after (many runs, one process)."""
-        if self.primary:
-            from jaxnotes import plots
+        from jaxnotes import plots
 
+        if self.primary:
+            with self._writing(name):
+                plots.close(draw(self.path / name))
+
+    @contextlib.contextmanager
+    def _writing(self, name: str):
+        """A full disk (any OSError) becomes one line naming the file and the newest intact
+        checkpoint (the file's previous version is intact: writes are atomic)."""
+        try:
             self.prepare_to_write()
-            plots.close(draw(self.path / name))
+            yield
+        except OSError as error:
+            (self.path / (name + ".tmp")).unlink(missing_ok=True)
+            checkpoints = self._checkpoints
+            newest = checkpoints.latest_step() if checkpoints is not None else None
+            kept = checkpoints.path(newest) if newest is not None else "none was written yet"
+            raise RunFileError(
+                f"could not write {self.path / name} ({error.strerror or error}); the newest "
+                f"intact checkpoint is {kept}"
+            ) from None
 
     def close(self, failing: bool = False) -> None:
         """Complete the last save and release orbax and the lock. While another error
@@ -420,12 +442,19 @@ def train_epoch(job: Job, session: Session, epoch: int, stop) -> dict:
 
 
 def check(job: Job, session: Session, host: dict) -> None:
+    """The guard; on a bad step, checkpoints of weights from that step on (saved before the
+    guard could see their loss) are moved aside, and the error names the newest good one."""
     try:
         job.check(host, session.last_checkpoint)
-    except guard.TrainingDivergedError:
-        if session.folder is not None and session.folder.has_open_checkpoints:
-            session.folder.checkpoints.wait()  # the checkpoint the error names is complete
-        raise
+    except guard.TrainingDivergedError as error:
+        if session.folder is None or not session.folder.has_open_checkpoints:
+            raise
+        checkpoints = session.folder.checkpoints
+        checkpoints.wait()  # the checkpoint the error names is complete
+        good = checkpoints.set_aside_from(error.step)
+        if good == session.last_checkpoint:
+            raise
+        raise guard.with_checkpoint(error, good) from None
 
 
 def stop_on_interrupt(job: Job, session: Session, epoch: int, host: dict, stop) -> None:

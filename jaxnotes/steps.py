@@ -265,19 +265,14 @@ def make_train_step(
 ) -> Callable:
     """The un-jitted train step ``(state, batch, metrics) -> (state, metrics)``.
 
-    ``model``: a linen or NNX module, or a ``jaxnotes.modules.Model``. ``batch``: {"image":
-    (B, H, W, C) uint8 or float, "label": (B,) int}. ``preprocess`` (resize, normalize) runs
-    inside the step, on the device. ``loss_fn(outputs, labels) -> (B,)`` per-example losses
-    (default: cross-entropy plus ``aux_weight`` x each auxiliary head's, in float32), averaged
-    over the batch; ``metrics``: name -> ``fn(logits, labels) -> (B,)``, summed like accuracy.
-    With a state that keeps ``extras["ema"]`` the average moves by ``ema_decay`` each step; with
-    ``extras["loss_scale"]`` (fp16) the loss is scaled, and a step whose gradients overflow
-    changes nothing but the scale (counted in ``skipped``). Jit it with :func:`jit_train_step`.
-
-    per_example_keys: dropout keys per example (see :func:`_apply_train`); None decides by the
-      model (stateless linen modules that use dropout; see ``Model.keys_per_example``).
-    axis_name: under ``jax.pmap``, the device axis: gradients and the loss averaged, counts
-      summed, running statistics (BatchNorm's, per device slice) averaged after each step.
+    ``model``: a linen or NNX module, or a ``modules.Model``. ``batch``: {"image": (B, H, W,
+    C) uint8 or float, "label": (B,) int}; ``preprocess`` runs inside the step. ``loss_fn(outputs,
+    labels) -> (B,)`` (default: cross-entropy plus ``aux_weight`` x each auxiliary head's, in
+    float32) is averaged over the batch; ``metrics``: name -> ``fn(logits, labels) -> (B,)``,
+    summed like accuracy. ``extras["ema"]`` moves by ``ema_decay``; with ``extras["loss_scale"]``
+    (fp16) a step whose gradients overflow changes only the scale (counted in ``skipped``).
+    per_example_keys: dropout keys per example (None: by the model, see :func:`_apply_train`).
+    axis_name: pmap's device axis (gradients, loss and running statistics averaged over it).
     """
     fns = modules.as_model(model)
     per_example_loss = loss_fn or functools.partial(losses.per_example_loss, aux_weight=aux_weight)

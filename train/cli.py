@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -358,7 +359,7 @@ def _prepare(args: argparse.Namespace):
         if _is_population(args):
             from train import populations
 
-            populations.check(args)
+            populations.check(args, config)
         return config, resolve_workdir(args)
     except WorkdirError as error:
         raise UsageError(str(error)) from None
@@ -374,6 +375,7 @@ def _train(args: argparse.Namespace, config, workdir) -> int:
 
     from jaxnotes.checkpoints import CheckpointError
     from jaxnotes.data import DatasetUnavailableError
+    from jaxnotes.guard import PopulationDivergedError
     from jaxnotes.training import TrainingDivergedError, TrainingInterrupted, fit
     from jaxnotes.workdir import WorkdirError
 
@@ -382,23 +384,35 @@ def _train(args: argparse.Namespace, config, workdir) -> int:
         if _is_population(args):
             from train import populations
 
-            line = populations.run(args, config, workdir)
+            line = populations.run(args, config, workdir, log=say)
         else:
-            result = fit(config, workdir, resume=args.resume, overwrite=args.overwrite)
+            result = fit(config, workdir, resume=args.resume, overwrite=args.overwrite, log=say)
             exported = _export(args, config, result)
             line = {**result.summary, "edition": _edition(args)}
     except (ValueError, TypeError, FileNotFoundError, DatasetUnavailableError,
             WorkdirError) as error:  # fmt: skip
         return _fail(str(error), 2)
-    except (TrainingDivergedError, CheckpointError) as error:
+    except (TrainingDivergedError, PopulationDivergedError, CheckpointError) as error:
         return _fail(str(error), 1)
     except TrainingInterrupted as error:
         return _fail(str(error), 128 + error.signum)
     if jax.process_index() == 0:
         if exported is not None:
             line["export"] = str(exported)
-        print(json.dumps(line))
+        from jaxnotes.runs import json_safe
+
+        say(json.dumps(json_safe(line), allow_nan=False))  # strict JSON: NaN becomes null
     return 0
+
+
+def say(line: str) -> None:
+    """Print a line of the run's report. When stdout is closed (``python -m train | head -1``)
+    the run goes on and its report goes nowhere: the files and the exit code still tell."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _export(args, config, result):

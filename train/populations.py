@@ -86,9 +86,9 @@ def _parse_value(name: str, value: str):
     return (kind, low, high)
 
 
-def check(args) -> None:
+def check(args, config) -> None:
     """The population flags' rules (raises SpaceError / ValueError with the rule)."""
-    from jaxnotes import selection
+    from jaxnotes import members, selection
 
     if args.k_fold is not None and args.search is not None:
         raise ValueError("--k-fold and --search are two experiments: choose one")
@@ -102,7 +102,9 @@ def check(args) -> None:
         space = parse_space(args.search_space or DEFAULT_SPACE)
         if "width" in space and args.model != "mlp":
             raise SpaceError("--search-space: width applies to --model mlp only")
-        selection.sample_space(space, args.search, args.seed)  # every sampled value in range
+        sample = selection.sample_space(space, args.search, args.seed)  # every value in range
+        selection.check_searchable(sample, config, None)
+    members.check_population_config(config)
     if args.steps_per_dispatch != 1 or args.parallel != "sharded":
         raise ValueError(
             "--k-fold / --search split the members over --devices; they take neither "
@@ -128,6 +130,8 @@ def run(args, config, workdir, log=print) -> dict:
         )  # fmt: skip
         folder = cv.population.workdir
         _table([{"fold": i, **r} for i, r in enumerate(cv.population.rows)], log)
+        if all(r["diverged"] for r in cv.population.rows):
+            raise _all_diverged(cv.population.rows, "fold")
         if folder is not None:
             _save_plot(lambda path: selection.plot_k_fold(cv, path), folder / "folds.png")
         summary = {
@@ -150,6 +154,8 @@ def run(args, config, workdir, log=print) -> dict:
         _table(rows, log)
         if folder is not None:  # trials.jsonl: written by the search, best first
             _save_plot(lambda path: selection.plot_search(rows, path), folder / "search.png")
+        if all(r["diverged"] for r in rows):
+            raise _all_diverged(rows, "trial")
         best = rows[0]
         summary = {
             **_common(config, None),
@@ -163,6 +169,16 @@ def run(args, config, workdir, log=print) -> dict:
     if folder is not None:
         summary["workdir"] = str(folder)
     return summary
+
+
+def _all_diverged(rows: list[dict], what: str):
+    from jaxnotes.guard import PopulationDivergedError
+
+    rates = [r["learning_rate"] for r in rows]
+    return PopulationDivergedError(
+        f"every {what} diverged (its loss became NaN/inf or exploded): learning rates "
+        f"{min(rates):g} to {max(rates):g}; try smaller rates, or check the data for NaN/inf"
+    )
 
 
 def _save_plot(draw, path) -> None:
