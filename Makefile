@@ -12,7 +12,7 @@ COMPAT_VENV ?= .venv312
 TEST_WORKERS ?= 2
 COMPAT_PYTHON ?= $(shell PYENV_VERSION=3.12.1 python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null)
 
-.PHONY: setup run test lint test-compat notebooks bench clean
+.PHONY: setup run test lint test-compat test-wheel dist lab notebooks bench clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,26 @@ test-compat:
 	$(COMPAT_VENV)/bin/python -m pip install -q --disable-pip-version-check -U -e '.[dev]' jax flax optax chex; \
 	$(COMPAT_VENV)/bin/python -c "import sys, jax, flax, optax; print('compat:', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__)"; \
 	$(COMPAT_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --durations=15 -m "not accuracy"
+
+# The sdist and the wheel (python -m build), checked (twine check --strict).
+dist: setup
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/python -m twine check --strict dist/*
+
+# What a user installs: the wheel in a fresh venv outside the repository (no source tree on the
+# path); every module imports, no top-level `train` comes with it, jaxnotes-train trains.
+test-wheel: dist
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	started=$$(date +%s); \
+	"$$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check dist/*.whl; \
+	echo "test-wheel: pip install of $$(ls dist/*.whl) ($$(du -k dist/*.whl | cut -f1) KB) took $$(( $$(date +%s) - started )) s"; \
+	cd "$$tmp"; \
+	if "$$tmp/venv/bin/python" -c "import train" 2>/dev/null; then echo "test-wheel: the wheel installs a top-level train"; exit 1; fi; \
+	"$$tmp/venv/bin/python" -c "import importlib, pkgutil, jaxnotes; names = [m.name for m in pkgutil.walk_packages(jaxnotes.__path__, 'jaxnotes.')]; [importlib.import_module(n) for n in names]; print('test-wheel: imported', len(names), 'modules from', jaxnotes.__file__)"; \
+	"$$tmp/venv/bin/jaxnotes-train" --epochs 1 --no-progress --workdir "$$tmp/run" > "$$tmp/out.txt"; \
+	tail -1 "$$tmp/out.txt" | "$$tmp/venv/bin/python" -c "import json, sys; line = json.loads(sys.stdin.read()); assert line['model'] == 'lenet' and line['epochs'] == 1, line; print('test-wheel: jaxnotes-train printed its JSON line, test acc', line['test_acc'])"
 
 # Rebuild the notebooks from colab/src and execute them at the small size (the stored outputs).
 # Runs on the 3.12 venv when there is one (Colab's Python), else on .venv. NB=07_lenet: just one.

@@ -271,7 +271,7 @@ def make_train_step(
     float32) is averaged over the batch; ``metrics``: name -> ``fn(logits, labels) -> (B,)``,
     summed like accuracy. ``extras["ema"]`` moves by ``ema_decay``; with ``extras["loss_scale"]``
     (fp16) a step whose gradients overflow changes only the scale (counted in ``skipped``).
-    per_example_keys: dropout keys per example (None: by the model, see :func:`_apply_train`).
+    per_example_keys: dropout keys per example (None: by the model, see :func:`_apply_train`);
     axis_name: pmap's device axis (gradients, loss and running statistics averaged over it).
     """
     fns = modules.as_model(model)
@@ -288,30 +288,24 @@ def make_train_step(
             loss = jnp.mean(per_example_loss(outputs, labels).astype(jnp.float32))
             return loss, (losses.logits_of(outputs).astype(jnp.float32), model_state)
 
-        scale = state.extras.get("loss_scale")
         scale, finite, (loss, (logits, model_state)), grads = _gradients(
-            objective, state.params, scale, axis_name
+            objective, state.params, state.extras.get("loss_scale"), axis_name
         )
         batch_sums = _metric_sums(metric_fns, logits, labels, 1.0)
         count = jnp.asarray(labels.shape[0], jnp.float32)
         if axis_name is not None:
-            if scale is None:
-                grads = jax.lax.pmean(grads, axis_name)
             loss = jax.lax.pmean(loss, axis_name)
             batch_sums, count = jax.lax.psum((batch_sums, count), axis_name)
             model_state = _mean_over_devices(model_state, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new = _keep_if(finite, (params, opt_state), (state.params, state.opt_state))
+        new = (optax.apply_updates(state.params, updates), opt_state)
+        new = _keep_if(finite, new, (state.params, state.opt_state))
         extras = _updated_extras(state.extras, new[0], scale, ema_decay)
         sums = guard_update(sums, loss, state.step, divergence_factor)
         batch_sums.update(loss_sum=loss * count, count=count, skipped=(~finite).astype(jnp.int32))
         sums = {**sums, **{k: sums[k] + v for k, v in batch_sums.items()}}
-        state = state.replace(
-            step=state.step + 1, params=new[0], opt_state=new[1], model_state=model_state,
-            extras=extras,
-        )  # fmt: skip
-        return state, sums
+        new_state = {"params": new[0], "opt_state": new[1], "model_state": model_state}
+        return state.replace(step=state.step + 1, extras=extras, **new_state), sums
 
     return train_step
 
@@ -322,6 +316,8 @@ def _gradients(objective, params, scale, axis_name):
     devices, with whether they are finite."""
     if scale is None:
         out, grads = jax.value_and_grad(objective, has_aux=True)(params)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
         return None, jnp.asarray(True), out, grads
     return scale.value_and_grad(objective, has_aux=True, axis_name=axis_name)(params)
 

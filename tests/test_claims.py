@@ -16,7 +16,7 @@ from helpers import fit_quietly, quick_config
 
 from jaxnotes import data, optim, parallel, plots, training
 from jaxnotes.models import cpu_kernels, get_model
-from train import cli
+from jaxnotes import cli
 
 STEPS = 1257 // 64
 

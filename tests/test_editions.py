@@ -7,7 +7,7 @@ classic: the d2l-en "classic" branch (PyTorch 0.17, the notes' course); d2l1: d2
 import pytest
 
 from jaxnotes import presets
-from train import cli
+from jaxnotes import cli
 
 # model: (lr, batch, epochs, resize) as the book's cells set them
 BOOK_CELLS = {

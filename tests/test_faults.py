@@ -15,7 +15,7 @@ import pytest
 
 from jaxnotes import data, ops, optim, training
 from jaxnotes.models import get_model
-from train import cli
+from jaxnotes import cli
 
 QUICK = ["--model", "mlp", "--batch-size", "64", "--epochs", "1", "--no-progress"]
 

@@ -43,7 +43,7 @@ from jaxnotes.models import (
     transition_block,
 )
 from jaxnotes.shapes import count_params, summarize
-from train import cli
+from jaxnotes import cli
 
 KEY = jax.random.key(0)
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

@@ -27,7 +27,7 @@ from processes import signal_when
 from jaxnotes import data, training
 from jaxnotes import workdir as workdirs
 from jaxnotes.checkpoints import CheckpointError, Checkpoints
-from train import cli
+from jaxnotes import cli
 
 QUICK = ["--model", "mlp", "--batch-size", "64", "--no-progress"]  # 19 steps per epoch
 STEPS = 1257 // 64

@@ -12,7 +12,7 @@ import pytest
 from helpers import run_runner
 from processes import signal_when
 
-from train import cli
+from jaxnotes import cli
 
 REQUIRED_KEYS = {"model", "dataset", "epochs", "train_loss", "train_acc", "test_acc"}
 REQUIRED_KEYS |= {"examples_per_sec", "wall_s"}

@@ -17,7 +17,7 @@ import pytest
 from user_models import TinyResNet
 
 from jaxnotes import data, parallel, training
-from train import cli
+from jaxnotes import cli
 
 pytestmark = pytest.mark.skipif(jax.device_count() != 4, reason="needs JAX_NUM_CPU_DEVICES=4")
 

@@ -1,4 +1,6 @@
-"""Command line of the runner: flags -> TrainConfig -> jaxnotes.training.fit -> one JSON line."""
+"""The runner's command line: flags -> TrainConfig -> ``training.fit`` (or a population) -> one
+JSON line. Installed as ``jaxnotes-train``; also ``python -m jaxnotes`` and, in a checkout,
+``python -m train`` (same flags, exit codes and JSON line)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,12 @@ class UsageError(Exception):
     """A bad flag or combination: reported as one line, exit code 2."""
 
 
+PROG = ["python -m train"]  # how the runner was started: its messages name it
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m train", description="Train a CNN of the book with its settings."
+        prog=PROG[0], description="Train a CNN of the book with its settings."
     )
     parser.add_argument("--model", default="lenet", help=f"one of {', '.join(MODELS)}")
     parser.add_argument(
@@ -327,11 +332,17 @@ def _announce(workdir: Path) -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"python -m train: {'error: ' if code == 2 else ''}{message}", file=sys.stderr)
+    print(f"{PROG[0]}: {'error: ' if code == 2 else ''}{message}", file=sys.stderr)
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
+def console_main() -> int:
+    """The ``jaxnotes-train`` command."""
+    return main(prog="jaxnotes-train")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m train") -> int:
+    PROG[0] = prog
     args = parse_args(argv)
     try:
         config, workdir = _prepare(args)
@@ -357,7 +368,7 @@ def _prepare(args: argparse.Namespace):
     try:
         config = build_config(args)
         if _is_population(args):
-            from train import populations
+            from jaxnotes import cli_populations as populations
 
             populations.check(args, config)
         return config, resolve_workdir(args)
@@ -382,7 +393,7 @@ def _train(args: argparse.Namespace, config, workdir) -> int:
     exported = None
     try:
         if _is_population(args):
-            from train import populations
+            from jaxnotes import cli_populations as populations
 
             line = populations.run(args, config, workdir, log=say)
         else:
