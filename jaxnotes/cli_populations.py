@@ -118,9 +118,7 @@ def run(args, config, workdir, log=print) -> dict:
     from jaxnotes import selection
     from jaxnotes import workdir as workdirs
 
-    if isinstance(workdir, workdirs.NewRun):
-        workdir = workdir.create()  # one folder for the population(s), after the checks
-
+    # A new folder (workdirs.NewRun) is made by the population once its checks passed.
     dataset = jdata.load(config.dataset, "train")
     if args.k_fold is not None:
         cv = selection.k_fold_cv(
@@ -150,7 +148,7 @@ def run(args, config, workdir, log=print) -> dict:
             devices=args.devices, workdir=workdir, resume=args.resume,
             overwrite=args.overwrite, log=log,
         )  # fmt: skip
-        folder = workdir
+        folder = workdir.path if isinstance(workdir, workdirs.NewRun) else workdir
         _table(rows, log)
         if folder is not None:  # trials.jsonl: written by the search, best first
             _save_plot(lambda path: selection.plot_search(rows, path), folder / "search.png")

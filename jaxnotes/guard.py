@@ -40,7 +40,7 @@ class TrainingDivergedError(RuntimeError):
         kept = (
             f"The last good checkpoint is intact: {checkpoint}"
             if checkpoint
-            else "No checkpoint had been written yet"
+            else "No checkpoint of good weights had been written"
         )
         found = "".join(f"{cause}; " for cause in self.causes)
         lead = "Found: " + found + "otherwise, likely" if found else "Likely"

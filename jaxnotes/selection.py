@@ -341,8 +341,8 @@ def random_search(
     check_searchable(sample, config, module)
     train_idx, val_idx = jdata.holdout_split(len(dataset), validation_fraction, seed)
     widths = sample.get("width", np.zeros(n_trials, int))
-    if isinstance(workdir, workdirs.NewRun):
-        workdir = workdir.create()
+    if "width" in sample and isinstance(workdir, workdirs.NewRun):
+        workdir = workdir.create()  # the widths' sub-folders go in it
     if workdir is not None and "width" in sample and not resume:
         workdirs.check_reusable(workdir, resume=False, overwrite=overwrite)
     rows: list[dict[str, Any]] = []
@@ -355,6 +355,8 @@ def random_search(
         for t, row in zip(trials, result.rows, strict=True):
             rows.append(_trial_row(int(t), sample, row, group_config))
     rows = sorted(rows, key=_sort_key)
+    if isinstance(workdir, workdirs.NewRun):
+        workdir = workdir.path  # made by the population
     if workdir is not None:
         runs.write_json_lines(Path(workdir) / "trials.jsonl", runs.json_safe(rows))
     return rows

@@ -114,8 +114,16 @@ class NewRun:
 
     base: Path
     announce: Callable[[Path], None] | None = None
+    made: list = dataclasses.field(default_factory=list, compare=False)  # the folder, once made
+
+    @property
+    def path(self) -> Path | None:
+        """The folder :meth:`create` made (None before)."""
+        return self.made[0] if self.made else None
 
     def create(self) -> Path:
+        if self.made:  # one run, one folder: a second call returns the same one
+            return self.made[0]
         self.base.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for attempt in range(1, 1000):
@@ -126,6 +134,7 @@ class NewRun:
                 continue
             if self.announce is not None:
                 self.announce(path)
+            self.made.append(path)
             return path
         raise WorkdirError(f"could not create a new run folder under {self.base}")
 

@@ -13,6 +13,12 @@ import pytest
 
 # tests/user_models.py (the user-written modules) is importable from every test folder.
 sys.path.insert(0, str(Path(__file__).parent))
+# `python -m train` is the checkout's entry point (the wheel has only jaxnotes): the runner
+# subprocesses the tests start in temporary folders find it through PYTHONPATH.
+_ROOT = str(Path(__file__).parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
 
 collect_ignore = [] if os.environ.get("JAXNOTES_MULTIDEVICE") else ["multidevice"]
 
