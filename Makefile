@@ -12,7 +12,7 @@ COMPAT_VENV ?= .venv312
 TEST_WORKERS ?= 2
 COMPAT_PYTHON ?= $(shell PYENV_VERSION=3.12.1 python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null)
 
-.PHONY: setup run test lint test-compat test-wheel dist lab notebooks bench clean
+.PHONY: setup run test lint test-compat test-wheel dist lab notebooks bench clean mutants
 
 setup: $(STAMP)
 
@@ -72,3 +72,8 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .ruff_cache *.egg-info
+
+# Plant the realistic bugs of tools/mutants.py one at a time in a scratch copy and check that the
+# tests meant to catch each one fail (tens of minutes; not part of CI). Result: TESTING.md.
+mutants: setup
+	$(BIN)/python tools/mutants.py

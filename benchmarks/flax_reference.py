@@ -9,7 +9,9 @@ library adds around the same computation must not cost speed.
 ``dtype`` is the computation dtype of every layer (``jnp.bfloat16`` for mixed precision);
 parameters stay float32 (linen's default ``param_dtype``). The modules name their layers so that
 their parameter trees are exactly those of ``jaxnotes.models`` (same paths, same shapes), which
-lets the tests run both on the same parameters.
+lets the tests run both on the same parameters. ResNet-18 and DenseNet carry batch norm: their
+``batch_stats`` collection has the same tree as the zoo's too, and the bare step threads it
+through ``apply(..., mutable=["batch_stats"])`` as Flax's own ImageNet example does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-NAMES = ("lenet", "alexnet", "vgg11_small", "nin", "googlenet")
+NAMES = ("lenet", "alexnet", "vgg11_small", "nin", "googlenet", "resnet18", "densenet")
+STATEFUL = ("resnet18", "densenet")  # models with a batch_stats collection
 
 
 def _flatten(x):
@@ -180,12 +183,118 @@ class GoogLeNet(nn.Module):
         return nn.Dense(self.num_classes, dtype=dt)(x)
 
 
+def _batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
+    """d2l's ``nn.BatchNorm2d`` settings: momentum 0.1 in PyTorch's convention (0.9 in flax's),
+    eps 1e-5; batch statistics in training, running averages in evaluation."""
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+    )
+
+
+class Residual(nn.Module):
+    num_channels: int
+    use_1x1conv: bool = False
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        c, s, dt = self.num_channels, (self.strides, self.strides), self.dtype
+        y = nn.Conv(c, (3, 3), strides=s, padding=1, dtype=dt, name="conv1")(x)
+        y = nn.relu(_batch_norm(train, dt, "bn1")(y))
+        y = nn.Conv(c, (3, 3), padding=1, dtype=dt, name="conv2")(y)
+        y = _batch_norm(train, dt, "bn2")(y)
+        if self.use_1x1conv:
+            x = nn.Conv(c, (1, 1), strides=s, padding=0, dtype=dt, name="conv3")(x)
+        return nn.relu(y + x)
+
+
+def _stem(x, train: bool, dtype: Any):
+    """b1 of ResNet and DenseNet: conv 64@7x7 s2 p3, BN, ReLU, max 3/2 p1."""
+    x = nn.Conv(64, (7, 7), strides=(2, 2), padding=3, dtype=dtype)(x)
+    x = nn.relu(_batch_norm(train, dtype)(x))
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class ResNet18(nn.Module):
+    """d2l's ResNet-18: the stem, 4 stages of 2 residual blocks (64, 128, 256, 512 channels;
+    the first block of stages 2-4 halves the size with a 1x1 conv on the shortcut), global
+    average pool, dense."""
+
+    num_classes: int = 10
+    arch: tuple = ((2, 64), (2, 128), (2, 256), (2, 512))
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = _stem(x, train, self.dtype)
+        for stage, (blocks, channels) in enumerate(self.arch):
+            for index in range(blocks):
+                first = index == 0 and stage > 0
+                x = Residual(
+                    channels, use_1x1conv=first, strides=2 if first else 1, dtype=self.dtype
+                )(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+
+
+class DenseBlock(nn.Module):
+    num_convs: int
+    num_channels: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for _ in range(self.num_convs):
+            y = nn.relu(_batch_norm(train, self.dtype)(x))
+            y = nn.Conv(self.num_channels, (3, 3), padding=1, dtype=self.dtype)(y)
+            x = jnp.concatenate([x, y], axis=-1)
+        return x
+
+
+class TransitionBlock(nn.Module):
+    num_channels: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(_batch_norm(train, self.dtype)(x))
+        x = nn.Conv(self.num_channels, (1, 1), padding=0, dtype=self.dtype)(x)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class DenseNet(nn.Module):
+    """d2l's DenseNet: the stem, 4 dense blocks of 4 conv blocks (growth rate 32), a transition
+    block halving the channels after each but the last, BN, ReLU, global average pool, dense."""
+
+    num_classes: int = 10
+    num_convs: tuple = (4, 4, 4, 4)
+    growth_rate: int = 32
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = _stem(x, train, self.dtype)
+        channels = 64
+        for index, num_convs in enumerate(self.num_convs):
+            x = DenseBlock(num_convs, self.growth_rate, dtype=self.dtype)(x, train)
+            channels += num_convs * self.growth_rate
+            if index != len(self.num_convs) - 1:
+                channels //= 2
+                x = TransitionBlock(channels, dtype=self.dtype)(x, train)
+        x = nn.relu(_batch_norm(train, self.dtype)(x))
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+
+
 MODELS = {
     "lenet": LeNet,
     "alexnet": AlexNet,
     "vgg11_small": VGG11Small,
     "nin": NiN,
     "googlenet": GoogLeNet,
+    "resnet18": ResNet18,
+    "densenet": DenseNet,
 }
 
 
@@ -195,26 +304,48 @@ def get_model(name: str, num_classes: int = 10, dtype: Any = jnp.float32) -> nn.
     return MODELS[name](num_classes=num_classes, dtype=dtype)
 
 
+def init_variables(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0):
+    """(params, batch_stats) for inputs of ``input_shape`` (N, H, W, C), in one jitted call;
+    ``batch_stats`` is ``{}`` for a model without batch norm."""
+    x = jnp.zeros(input_shape, jnp.float32)
+
+    def init():
+        variables = model.init(jax.random.key(seed), x, train=False)
+        return variables["params"], variables.get("batch_stats", {})
+
+    return jax.jit(init)()
+
+
 def init_params(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> Any:
     """Parameters for inputs of ``input_shape`` (N, H, W, C), initialised in one jitted call."""
-    x = jnp.zeros(input_shape, jnp.float32)
-    return jax.jit(lambda: model.init(jax.random.key(seed), x, train=False)["params"])()
+    return init_variables(model, input_shape, seed)[0]
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
-    """``step(params, opt_state, x, y, key) -> (params, opt_state, loss)``: forward, mean
-    cross-entropy (float32), backward and the optax update in one jit; params and optimizer
-    state donated so XLA updates them in place. ``key`` is the step's dropout key."""
+    """``step(params, batch_stats, opt_state, x, y, key) -> (params, batch_stats, opt_state,
+    loss)``: forward, mean cross-entropy (float32), backward and the optax update in one jit;
+    params, batch statistics and optimizer state donated so XLA updates them in place. ``key``
+    is the step's dropout key; ``batch_stats`` is ``{}`` for a model without batch norm (else
+    the forward pass runs with ``mutable=["batch_stats"]`` and returns the updated averages)."""
 
-    def loss_fn(params, x, y, key):
-        logits = model.apply({"params": params}, x, train=True, rngs={"dropout": key})
+    def loss_fn(params, batch_stats, x, y, key):
+        rngs = {"dropout": key}
+        if batch_stats:
+            variables = {"params": params, "batch_stats": batch_stats}
+            logits, updates = model.apply(
+                variables, x, train=True, rngs=rngs, mutable=["batch_stats"]
+            )
+            batch_stats = updates["batch_stats"]
+        else:
+            logits = model.apply({"params": params}, x, train=True, rngs=rngs)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
-        return losses.mean()
+        return losses.mean(), batch_stats
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, x, y, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y, key)
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(params, batch_stats, opt_state, x, y, key):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, batch_stats), grads = grad_fn(params, batch_stats, x, y, key)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
     return step

@@ -24,9 +24,7 @@ from jaxnotes import data, parallel, training  # noqa: E402
 
 def examples_per_second(config, dataset, placement, steps: int) -> float:
     parts = training.build(config, dataset, placement)
-    state = training.create_train_state(
-        parts.model, parts.tx, parts.input_shape, config.seed
-    )
+    state = training.create_train_state(parts.model, parts.tx, parts.input_shape, config.seed)
     state, metrics = placement.put(state), placement.put(training.empty_metrics())
     host_batch = next(data.train_batches(dataset, config.batch_size, seed=0, epoch=0))
     batch = next(iter(placement.batches([host_batch])))  # on the devices, reused: compute only

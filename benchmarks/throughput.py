@@ -66,19 +66,36 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing, torch_models, flax_reference
 from timing import rate, time_steps  # noqa: E402
 
-MODELS = ("lenet", "alexnet", "vgg11_small", "nin", "googlenet")
-LEARNING_RATE = {  # the book's (jaxnotes/presets.py); speed does not depend on it
+MODELS = ("lenet", "alexnet", "vgg11_small", "nin", "googlenet", "resnet18", "densenet")
+LEARNING_RATE = {  # the book's (jaxnotes/presets.py CLASSIC); speed does not depend on it
     "lenet": 0.9,
     "alexnet": 0.01,
     "vgg11_small": 0.05,
     "nin": 0.1,
     "googlenet": 0.1,
+    "resnet18": 0.05,
+    "densenet": 0.1,
 }
 # Timed steps per repeat on an accelerator: a LeNet step takes well under a millisecond, so it
 # needs more steps than the big models for the timer and dispatch jitter to vanish.
 ACCELERATOR_STEPS = {"lenet": 200}
 ACCELERATOR_DEFAULT_STEPS = 30
 CPU_STEPS = 10
+# With --deadline, a cell starts only if it is expected to end before it. Until a model's first
+# JAX cell has run (then its own wall time is the estimate), these are the guesses, in seconds, of
+# one cell on an accelerator: building, initialising, compiling (cuDNN autotuning included) and
+# timing. PyTorch cells have no compilation; their first step picks cuDNN's algorithms.
+FIRST_CELL_GUESS_S = {
+    "lenet": 8,
+    "alexnet": 20,
+    "vgg11_small": 20,
+    "nin": 20,
+    "googlenet": 45,
+    "resnet18": 40,
+    "densenet": 45,
+}
+TORCH_CELL_GUESS_S = {"lenet": 5, "googlenet": 15, "resnet18": 12, "densenet": 15}
+TORCH_CELL_DEFAULT_S = 10
 PARTS = ("a", "b", "c", "d", "e")
 SUMMARY_COLUMNS = (
     ("a-bf16", 10),
@@ -112,11 +129,14 @@ class Settings:
     per_example_variant: bool
     steps_per_dispatch: int
     json_path: str | None
+    accelerator: bool = False  # the defaults in use: an accelerator's or the CPU's
+    deadline: float | None = None  # time.time() by which every cell must have ended
+    compile_cache: str | None = None  # JAX's persistent compilation cache directory
 
-    def steps_for(self, name: str, accelerator: bool) -> int:
+    def steps_for(self, name: str, accelerator: bool | None = None) -> int:
         if self.steps is not None:
             return self.steps
-        if not accelerator:
+        if not (self.accelerator if accelerator is None else accelerator):
             return CPU_STEPS
         return ACCELERATOR_STEPS.get(name, ACCELERATOR_DEFAULT_STEPS)
 
@@ -163,7 +183,8 @@ def parse_args(argv: list[str] | None, accelerator: bool) -> Settings:
         "--peak-size",
         type=int,
         default=None,
-        help="side of the bf16 matmul measuring the peak (default 8192; 1024 on CPU)",
+        help="side of the bf16 matmul measuring the peak (default 8192; 1024 on CPU; 0: not "
+        "measured)",
     )
     parser.add_argument("--parts", default=",".join(PARTS), help="which of a,b,c,d,e to run")
     parser.add_argument(
@@ -180,7 +201,27 @@ def parse_args(argv: list[str] | None, accelerator: bool) -> Settings:
         "--steps-per-dispatch (default 1, its default)",
     )
     parser.add_argument("--json", dest="json_path", default=None, help="write results here")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="a time.time() value: cells that would not end before it are skipped (and listed)",
+    )
+    parser.add_argument(
+        "--defaults",
+        choices=("auto", "accelerator", "cpu"),
+        default="auto",
+        help="whose default steps and sizes to use (auto: the JAX backend's); 'accelerator' "
+        "lets a PyTorch-only run on a GPU keep JAX on the CPU",
+    )
+    parser.add_argument(
+        "--compile-cache",
+        default=None,
+        help="JAX's persistent compilation cache directory (later runs load the same programs)",
+    )
     args = parser.parse_args(argv)
+    if args.defaults != "auto":
+        accelerator = args.defaults == "accelerator"
 
     models = (
         tuple(args.models.split(",")) if args.models else (MODELS if accelerator else ("lenet",))
@@ -203,11 +244,14 @@ def parse_args(argv: list[str] | None, accelerator: bool) -> Settings:
         precisions=precisions,
         epoch_examples=args.epoch_examples or (60_000 if accelerator else 10_240),
         epoch_cap=args.epoch_cap or (12_800 if accelerator else 1_024),
-        peak_size=args.peak_size or (8192 if accelerator else 1024),
+        peak_size=args.peak_size if args.peak_size is not None else (8192 if accelerator else 1024),
         parts=parts,
         per_example_variant=args.per_example_variant,
         steps_per_dispatch=args.steps_per_dispatch,
         json_path=args.json_path,
+        accelerator=accelerator,
+        deadline=args.deadline,
+        compile_cache=args.compile_cache,
     )
 
 
@@ -440,9 +484,16 @@ def run_torch(name: str, mode: str, settings: Settings, steps: int, size: int) -
 
 
 def run_reference(
-    name: str, precision: str, settings: Settings, steps: int, size: int, host_params
+    name: str,
+    precision: str,
+    settings: Settings,
+    steps: int,
+    size: int,
+    host_params,
+    host_batch_stats=None,
 ) -> dict:
-    """(e): the plain Flax step, from ``host_params`` (the same tree as our model's)."""
+    """(e): the plain Flax step, from ``host_params`` (the same tree as our model's) and, for
+    the batch-norm models, ``host_batch_stats`` (the same tree as our ``batch_stats``)."""
     import flax_reference
     import jax
     import jax.numpy as jnp
@@ -453,7 +504,11 @@ def run_reference(
     model = flax_reference.get_model(name, dtype=dtype)
     tx = optax.sgd(LEARNING_RATE[name])
     params = jax.device_put(host_params)
-    box = {"params": params, "opt_state": tx.init(params)}
+    box = {
+        "params": params,
+        "batch_stats": jax.device_put(host_batch_stats or {}),
+        "opt_state": tx.init(params),
+    }
     step = flax_reference.make_train_step(model, tx)
     rng = np.random.default_rng(1)
     x = jax.device_put(rng.uniform(size=(settings.batch, size, size, 1)).astype(np.float32))
@@ -465,8 +520,8 @@ def run_reference(
 
     def one():
         key = keys[next(counter) % len(keys)]
-        box["params"], box["opt_state"], box["loss"] = step(
-            box["params"], box["opt_state"], x, y, key
+        box["params"], box["batch_stats"], box["opt_state"], box["loss"] = step(
+            box["params"], box["batch_stats"], box["opt_state"], x, y, key
         )
 
     timing = time_steps(
@@ -483,7 +538,9 @@ def run_reference(
 # --- the run ------------------------------------------------------------------------------------
 
 
-def environment() -> dict:
+def environment(with_torch: bool = True) -> dict:
+    """Versions, device and flags; ``with_torch=False`` reads torch's version without importing
+    it (a JAX-only run keeps PyTorch's CUDA libraries out of its process)."""
     import flax
     import jax
     import optax
@@ -502,6 +559,14 @@ def environment() -> dict:
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "XLA_PYTHON_CLIENT_MEM_FRACTION": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", ""),
     }
+    if not with_torch:
+        try:
+            from importlib import metadata
+
+            info["torch"] = f"{metadata.version('torch')} (not imported in this run)"
+        except Exception:
+            info["torch"] = "not installed"
+        return info
     try:
         import torch
 
@@ -538,18 +603,49 @@ def flops_per_image(name: str, size: int) -> float:
     return 6.0 * macs
 
 
-def cell(results: dict, label: str, fn: Callable[[], dict], log: Callable[[str], None]) -> None:
-    """Run one measurement; on failure record and print the error and carry on."""
+class Budget:
+    """``--deadline``: a cell starts only if its estimate fits in the time left."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.time()
+
+    def fits(self, estimate: float) -> bool:
+        return self.left() >= estimate
+
+
+def cell(
+    results: dict,
+    label: str,
+    fn: Callable[[], dict],
+    log: Callable[[str], None],
+    budget: Budget | None = None,
+    estimate: float = 0.0,
+) -> bool:
+    """Run one measurement; on failure record and print the error and carry on.
+
+    With a ``budget`` the cell is skipped (recorded as ``{"skipped": ...}``) when its
+    ``estimate`` (seconds) does not fit in the time left. Returns whether the cell ran.
+    """
+    if budget is not None and not budget.fits(estimate):
+        reason = f"time budget: ~{estimate:.0f} s needed, {max(budget.left(), 0):.0f} s left"
+        results[label] = {"skipped": reason}
+        log(f"    {label:<16} SKIPPED ({reason})")
+        return False
+    started = time.perf_counter()
     try:
         results[label] = fn()
     except Exception as error:  # one failed cell (e.g. OOM) must not end the run
         text = str(error).strip()
         message = f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
-        results[label] = {"error": message}
+        results[label] = {"error": message, "wall_s": time.perf_counter() - started}
         log(f"    {label}: FAILED {message}")
         traceback.print_exc(limit=3, file=sys.stdout)
-        return
+        return True
     out = results[label]
+    out["wall_s"] = time.perf_counter() - started
     detail = [f"{out['images_per_s']:>12,.0f} images/s"]
     if "step_ms" in out:
         detail.append(f"step {out['step_ms']:.3f} ms")
@@ -562,10 +658,32 @@ def cell(results: dict, label: str, fn: Callable[[], dict], log: Callable[[str],
     if out.get("compiled_in_epoch"):
         detail.append(f"COMPILED {out['compiled_in_epoch']} MID-EPOCH")
     log(f"    {label:<16} " + ", ".join(detail))
+    return True
 
 
-def benchmark_model(name: str, settings: Settings, host_data, accelerator: bool, log) -> dict:
-    """Every selected part for one model; returns {cell label: result or {"error": ...}}."""
+def uses_per_example_keys(name: str, size: int) -> bool:
+    """Whether the engine's step draws dropout keys per example for this zoo model (stateless
+    with dropout: ``steps._apply_train`` vmaps the forward over the examples)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnotes import modules
+    from jaxnotes.models import get_model
+
+    fns = modules.as_model(get_model(name))
+    return bool(fns.keys_per_example(jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)))
+
+
+def benchmark_model(
+    name: str,
+    settings: Settings,
+    host_data,
+    accelerator: bool,
+    log,
+    on_cell: Callable[[dict], None] = lambda results: None,
+) -> dict:
+    """Every selected part for one model; returns {cell label: result or {"error": ...} or
+    {"skipped": ...}}. ``on_cell(results)`` runs after each cell (the JSON is rewritten)."""
     import jax
 
     from jaxnotes import data
@@ -582,11 +700,28 @@ def benchmark_model(name: str, settings: Settings, host_data, accelerator: bool,
     )
     results: dict[str, Any] = {"size": size, "steps": steps}
     host_state: list = []  # the initial TrainState, made by the first cell that needs it
+    budget = Budget(settings.deadline)
+    jax_walls: list[float] = []  # wall seconds of this model's JAX cells so far
+    torch_walls: list[float] = []
 
     def initial():
         if not host_state:
             host_state.append(initial_state(name, settings.batch, epoch_data))
         return host_state[0]
+
+    def run_cell(label: str, fn: Callable[[], dict], kind: str = "jax") -> bool:
+        walls = jax_walls if kind == "jax" else torch_walls
+        if walls:
+            estimate = max(walls)
+        elif kind == "jax":
+            estimate = FIRST_CELL_GUESS_S.get(name, 30) if accelerator else 0.0
+        else:
+            estimate = TORCH_CELL_GUESS_S.get(name, TORCH_CELL_DEFAULT_S) if accelerator else 0.0
+        ran = cell(results, label, fn, log, budget, estimate)
+        if ran and "wall_s" in results[label]:
+            walls.append(results[label]["wall_s"])
+        on_cell(results)
+        return ran
 
     log(
         f"\n== {name} ({size}x{size}x1, batch {settings.batch}, {steps} timed steps x "
@@ -602,7 +737,7 @@ def benchmark_model(name: str, settings: Settings, host_data, accelerator: bool,
             return run_compute_only(built, epoch_data, settings, steps)
 
         if "a" in settings.parts:
-            cell(results, label, compute, log)
+            run_cell(label, compute)
         if precision == settings.primary and "b" in settings.parts:
 
             def epoch(built=built, precision=precision, label=label):
@@ -613,43 +748,56 @@ def benchmark_model(name: str, settings: Settings, host_data, accelerator: bool,
                     run_compute_only(built, epoch_data, dataclasses.replace(settings, repeats=1), 1)
                 return run_epoch(built, epoch_data, settings)
 
-            cell(results, "b", epoch, log)
+            run_cell("b", epoch)
         built.clear()  # frees the state before the next part allocates its own
 
     if settings.per_example_variant and "a" in settings.parts:
+        label = f"a-{settings.primary}-batchkeys"
+        try:
+            per_example = uses_per_example_keys(name, size)
+        except Exception as error:  # the variant is then run and labelled as such
+            log(f"    per-example check failed: {type(error).__name__}: {error}")
+            per_example = True
+        results["per_example_keys"] = per_example
+        if per_example:
 
-        def variant():
-            built = jaxnotes_step(
-                name,
-                settings.primary,
-                settings,
-                epoch_data,
-                initial(),
-                per_example_keys=False,
-            )
-            return run_compute_only(built, epoch_data, settings, steps)
+            def variant():
+                built = jaxnotes_step(
+                    name,
+                    settings.primary,
+                    settings,
+                    epoch_data,
+                    initial(),
+                    per_example_keys=False,
+                )
+                return run_compute_only(built, epoch_data, settings, steps)
 
-        cell(results, f"a-{settings.primary}-batchkeys", variant, log)
+            run_cell(label, variant)
+        else:
+            log(f"    {label:<16} not run: {name}'s step draws one dropout key per batch already")
 
     if "e" in settings.parts:
         for precision in settings.precisions:
 
             def reference(precision=precision):
-                params = initial().params
-                return run_reference(name, precision, settings, steps, size, params)
+                state = initial()
+                stats = dict(state.model_state).get("batch_stats")
+                return run_reference(name, precision, settings, steps, size, state.params, stats)
 
-            cell(results, f"e-{precision}", reference, log)
+            run_cell(f"e-{precision}", reference)
+    host_state.clear()
     jax.clear_caches()  # the compiled steps of this model are not needed again
 
     if "c" in settings.parts:
-        cell(results, "c", lambda: run_torch(name, "fp32", settings, steps, size), log)
+        run_cell("c", lambda: run_torch(name, "fp32", settings, steps, size), "torch")
     if "d" in settings.parts:
-        cell(results, "d", lambda: run_torch(name, "bf16_cl", settings, steps, size), log)
-    try:
-        results["flops_per_image"] = flops_per_image(name, size)
-    except Exception as error:
-        results["flops_per_image"] = None
-        log(f"    FLOPs: FAILED {error}")
+        run_cell("d", lambda: run_torch(name, "bf16_cl", settings, steps, size), "torch")
+    if any(part in settings.parts for part in ("a", "b", "e")):
+        try:
+            results["flops_per_image"] = flops_per_image(name, size)
+        except Exception as error:
+            results["flops_per_image"] = None
+            log(f"    FLOPs: FAILED {error}")
     return results
 
 
@@ -721,6 +869,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def skipped_cells(all_results: dict) -> list[str]:
+    """Each cell the time budget left out, as "model label: reason"."""
+    return [
+        f"{name} {label}: {value['skipped']}"
+        for name, results in all_results.items()
+        for label, value in results.items()
+        if isinstance(value, dict) and "skipped" in value
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     # Keep JAX's preallocated pool below the whole card so PyTorch, in the same process, has room
     # (read when the GPU client starts, i.e. at the first JAX call below).
@@ -730,15 +888,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from jaxnotes import data
 
-    accelerator = jax.default_backend() != "cpu"
-    settings = parse_args(argv, accelerator)
+    settings = parse_args(argv, jax.default_backend() != "cpu")
+    accelerator = settings.accelerator
+    if settings.compile_cache:
+        from jaxnotes import compile_cache
+
+        compile_cache.enable(settings.compile_cache)
 
     def log(line: str) -> None:
         print(line, flush=True)
 
+    uses_jax = any(part in settings.parts for part in ("a", "b", "e"))
+    uses_torch = any(part in settings.parts for part in ("c", "d"))
     # JAX's backend starts before torch is imported: torch then reuses the CUDA libraries JAX
-    # loaded (JAX checks their versions; torch's loader does not).
-    info = environment()
+    # loaded (JAX checks their versions; torch's loader does not). A run without (c) and (d)
+    # does not import torch at all.
+    info = environment(with_torch=uses_torch)
     log(
         "jaxnotes training throughput: (a) jaxnotes step, (b) jaxnotes epoch, (c) PyTorch eager "
         "fp32, (d) PyTorch bf16 autocast + channels_last, (e) plain Flax step"
@@ -749,29 +914,36 @@ def main(argv: list[str] | None = None) -> int:
     log("  FLOPs convention: 6 x forward multiply-adds per image (2 per MAC, x3 forward+backward)")
 
     peak = None
-    try:
-        peak = matmul_peak_tflops(settings.peak_size)
-        log(f"  measured bf16 matmul peak ({settings.peak_size}^2): {peak:.1f} TFLOP/s")
-    except Exception as error:
-        log(f"  bf16 matmul peak: FAILED {type(error).__name__}: {error}")
+    if uses_jax and settings.peak_size > 0:
+        try:
+            peak = matmul_peak_tflops(settings.peak_size)
+            log(f"  measured bf16 matmul peak ({settings.peak_size}^2): {peak:.1f} TFLOP/s")
+        except Exception as error:
+            log(f"  bf16 matmul peak: FAILED {type(error).__name__}: {error}")
 
     host_data = data.synthetic(max(settings.epoch_examples, settings.batch), (28, 28, 1), 10, 0)
     all_results: dict[str, dict] = {}
+
+    def write_json() -> None:
+        # Rewritten after every cell: a run cut off mid-way keeps everything it measured.
+        if not settings.json_path:
+            return
+        record = {
+            "environment": info,
+            "peak_tflops": peak,
+            "settings": dataclasses.asdict(settings),
+            "results": all_results,
+        }
+        Path(settings.json_path).write_text(json.dumps(record, indent=1, default=str))
+
     for name in settings.models:
-        all_results[name] = benchmark_model(name, settings, host_data, accelerator, log)
-        if settings.json_path:  # written after every model: a cut-off run keeps what it measured
-            Path(settings.json_path).write_text(
-                json.dumps(
-                    {
-                        "environment": info,
-                        "peak_tflops": peak,
-                        "settings": dataclasses.asdict(settings),
-                        "results": all_results,
-                    },
-                    indent=1,
-                    default=str,
-                )
-            )
+
+        def on_cell(results: dict, name: str = name) -> None:
+            all_results[name] = results  # the model's cells so far
+            write_json()
+
+        all_results[name] = benchmark_model(name, settings, host_data, accelerator, log, on_cell)
+        write_json()
 
     rows = summary_rows(all_results, settings, peak)
     recompiled = recompilations(all_results)
@@ -786,6 +958,8 @@ def main(argv: list[str] | None = None) -> int:
         "d: PyTorch bf16 channels_last, e: plain Flax step"
     )
     log(format_table(rows))
+    for line in skipped_cells(all_results):
+        log(f"SKIPPED {line}")
     if recompiled:
         log("RECOMPILATION: " + "; ".join(recompiled))
         return 1

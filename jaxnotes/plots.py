@@ -300,3 +300,78 @@ def block_diagram(
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --- chapters 11-13: readable comparisons -------------------------------------------------------
+
+
+def readable(fig, size: float = 10.0):
+    """Raise every text of ``fig`` (titles, labels, ticks, legends, boxes) to at least ``size``
+    points, then lay it out again: a figure a class reads from the back of the room."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        if text.get_fontsize() < size:
+            text.set_fontsize(size)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    return fig
+
+
+def run_comparison(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    keys: Sequence[str] = ("train_loss", "test_acc"),
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+):
+    """Several runs' histories (``fit``'s records, one per epoch) side by side: one panel per
+    key in ``keys``, one curve per run (its label), against the epoch."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    styles = ("o-", "s--", "^-.", "d:")
+    for ax, key in zip(axes[0], keys, strict=True):
+        for (label, history), style in zip(runs.items(), styles * len(runs), strict=False):
+            ax.plot([h["epoch"] for h in history], [h[key] for h in history], style, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def percentile_bands(
+    panels: Mapping[str, np.ndarray],
+    path: str | os.PathLike | None = None,
+    xlabel: str = "training step",
+    ylabel: str = "value",
+    title: str | None = None,
+    lines: Sequence[float] = (),
+):
+    """How a distribution moves during training, one panel per entry of ``panels`` (its title),
+    all on one y scale: each entry is (steps, 5), the 5th, 25th, 50th, 75th and 95th percentiles
+    per step; drawn as the median with a dark 25-75 band and a light 5-95 band. ``lines``:
+    horizontal reference lines (e.g. where a sigmoid saturates)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False, sharey=True
+    )
+    for ax, (name, q) in zip(axes[0], panels.items(), strict=True):
+        q = np.asarray(q, np.float64)
+        steps = np.arange(1, len(q) + 1)
+        ax.fill_between(steps, q[:, 0], q[:, 4], color="#9ecae1", label="5th-95th percentile")
+        ax.fill_between(steps, q[:, 1], q[:, 3], color="#4292c6", label="25th-75th")
+        ax.plot(steps, q[:, 2], color="#08306b", label="median")
+        for y in lines:
+            ax.axhline(y, color="crimson", linestyle=":", linewidth=1.2)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(loc="lower left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -321,15 +321,13 @@ def random_search(
 
     Args:
       model: a zoo name or any module ``training.fit`` accepts ("width" needs "mlp": one hidden
-        layer of that width, the chapter's MLP).
-      dataset: a ``jaxnotes.data.Dataset``.
+        layer of that width, the chapter's MLP); dataset: a ``jaxnotes.data.Dataset``.
       space: see ``sample_space`` (None: ``DEFAULT_SPACE``); n_trials: the notes' "try 100
         random settings"; config: what the trials share (epochs, batch size, optimizer...).
       seed: the settings, the validation split and every trial's training seed (the trials
         share the data order and differ by their settings: common random numbers).
-      workdir, resume, overwrite, log: as ``population.fit_population``. The folder gets
-        ``trials.jsonl`` (one row per trial, best first); with several widths each width's
-        population runs in a sub-folder ``width-W``.
+      workdir, resume, overwrite, log: as ``population.fit_population``; ``trials.jsonl``
+        (best first) goes there, with each width's population in a sub-folder ``width-W``.
 
     Returns:
       One dict per trial, best first (highest val_acc, then lowest val_loss; diverged trials

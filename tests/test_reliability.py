@@ -191,11 +191,13 @@ def test_a_run_resumed_mid_epoch_reports_the_uninterrupted_numbers(digits, tmp_p
 def test_the_guard_remembers_its_baseline_across_a_resume(digits, tmp_path):
     # lr 20 on the dropout MLP: the loss explodes after a few steps (finite, > 1000 x the first).
     config = _config(
-        learning_rate=20.0, model_kwargs={"dropout": 0.0}, checkpoint_every_steps=2, log_every=2
+        learning_rate=20.0, model_kwargs={"dropout": 0.0}, checkpoint_every_steps=1, log_every=1
     )
     with pytest.raises(training.TrainingDivergedError) as first:
         _fit(config, digits, tmp_path)
     last_good = Checkpoints(tmp_path / "checkpoints", 2).latest_step()
+    # the checkpoint of the weights whose loss the guard saw last: the one before the bad step
+    assert last_good == first.value.step - 1
     assert first.value.checkpoint.endswith(f"checkpoints/{last_good}")
     before = snapshot(tmp_path / "checkpoints")
     with pytest.raises(training.TrainingDivergedError) as again:

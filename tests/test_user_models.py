@@ -204,7 +204,7 @@ def _identity(x):
         (TinyResNet, TypeError, r"the class TinyResNet \(instantiate it"),
         ("lenet", TypeError, "expected a flax.linen.Module or a flax.nnx.Module"),
         (_NotLogits(), ValueError, r"must return logits of shape \(batch, classes\)"),
-        (_Narrow(), ValueError, "labels 0..9 but _Narrow outputs 5 logits"),
+        (_Narrow(), ValueError, "labels 0..9 but _Narrow's outputs 5 logits"),
         (_NeedsBigImages(), ValueError, "needs at least 32x32 inputs, got"),
     ],
 )
