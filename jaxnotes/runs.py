@@ -214,6 +214,9 @@ class Job(Protocol):
     def resume_facts(self) -> dict:
         """JSON facts a resumed run must share with the saved one (beyond the config)."""
 
+    # Optional: ``checkpoint_metric(session, epoch) -> float | None``, the monitored value an
+    # epoch-end checkpoint is kept among the best by (``TrainConfig.keep_best``).
+
 
 @dataclasses.dataclass
 class Session:
@@ -303,12 +306,12 @@ def save(job: Job, session: Session, epoch: int, host_metrics: dict) -> None:
         return
     with session.phases("checkpoint"):
         meta = {
+            **job.resume_facts(),  # first: the lifecycle's own keys below cannot be shadowed
             "epoch": epoch,
             "position": session.position,
             "history": session.history,
             "config": config_json(job.config),
             "metrics": {k: np.asarray(v).tolist() for k, v in host_metrics.items()},
-            **job.resume_facts(),
         }
         state = job.placement.unplace(session.state)
         multi_host = job.placement.process_count > 1  # orbax's collective save: no overlap
