@@ -62,6 +62,15 @@ test-wheel: dist
 	"$$tmp/venv/bin/jaxnotes-train" --epochs 1 --no-progress --workdir "$$tmp/run" > "$$tmp/out.txt"; \
 	tail -1 "$$tmp/out.txt" | "$$tmp/venv/bin/python" -c "import json, sys; line = json.loads(sys.stdin.read()); assert line['model'] == 'lenet' and line['epochs'] == 1, line; print('test-wheel: jaxnotes-train printed its JSON line, test acc', line['test_acc'])"
 
+# JupyterLab on the notebooks: the `notebooks` extra (jupyterlab) into .venv, then colab/ opened.
+LAB_STAMP := $(VENV)/.jaxnotes-lab-installed
+lab: setup $(LAB_STAMP)
+	$(BIN)/python -m jupyter lab colab/
+
+$(LAB_STAMP): pyproject.toml
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,notebooks]'
+	touch $(LAB_STAMP)
+
 # Rebuild the notebooks from colab/src and execute them at the small size (the stored outputs).
 # Runs on the 3.12 venv when there is one (Colab's Python), else on .venv. NB=07_lenet: just one.
 notebooks: setup

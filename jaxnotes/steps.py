@@ -238,7 +238,9 @@ def guard_update(metrics: dict, loss: jax.Array, step: jax.Array, factor: float)
     """The guard's device half: remember the first loss and the first bad step's code."""
     first_loss = jnp.where(jnp.isnan(metrics["first_loss"]), loss, metrics["first_loss"])
     finite = jnp.isfinite(loss)
-    bad = ~finite | (loss > factor * first_loss)
+    # "x times the first loss" means something only for a positive first loss (a user's loss
+    # may be negative or start at 0): then only a non-finite loss is bad.
+    bad = ~finite | ((first_loss > 0) & (loss > factor * first_loss))
     first_bad = bad & (metrics["bad_step"] < 0)
     kind = jnp.where(finite, BadKind.DIVERGED, BadKind.NON_FINITE)
     return {

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from helpers import fit_quietly, quick_config
 
-from jaxnotes import data, optim, parallel, plots, training
+from jaxnotes import cli, data, optim, parallel, plots, training
 from jaxnotes.models import cpu_kernels, get_model
-from jaxnotes import cli
 
 STEPS = 1257 // 64
 

@@ -6,8 +6,7 @@ classic: the d2l-en "classic" branch (PyTorch 0.17, the notes' course); d2l1: d2
 
 import pytest
 
-from jaxnotes import presets
-from jaxnotes import cli
+from jaxnotes import cli, presets
 
 # model: (lr, batch, epochs, resize) as the book's cells set them
 BOOK_CELLS = {

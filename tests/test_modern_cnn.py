@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from torch_reference import MODERN_FIXTURE, reference
 
-from jaxnotes import ops, presets
+from jaxnotes import cli, ops, presets
 from jaxnotes.models import (
     BOOK_INPUT_SIZE,
     MODELS,
@@ -43,7 +43,6 @@ from jaxnotes.models import (
     transition_block,
 )
 from jaxnotes.shapes import count_params, summarize
-from jaxnotes import cli
 
 KEY = jax.random.key(0)
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

@@ -159,7 +159,7 @@ def test_nin_and_googlenet_match_their_torch_twin_where_the_last_map_is_2x2(name
 # --- AlexNet against its twin (its ReLUs) ---------------------------------------------------------
 
 
-def test_alexnet_features_and_logits_match_the_torch_twin():
+def test_alexnet_logits_match_the_torch_twin_with_copied_weights():
     model = get_model("alexnet")
     params = _filled_params(model, 224, seed=7)
     x = np.random.default_rng(8).uniform(size=(1, 224, 224, 1)).astype(np.float32)
@@ -371,6 +371,10 @@ def test_aux_loss_weight_is_0_3_by_default_and_the_configured_one_otherwise(aux_
     main, aux = x @ w_main, x @ w_aux  # biases start at 0
     loss = np_cross_entropy(main, labels) + weight * np_cross_entropy(aux, labels)
     np.testing.assert_allclose(result.history[0]["train_loss"], loss.mean(), rtol=1e-5)
+    # training accuracy is the main head's (the two heads score differently here)
+    main_acc, aux_acc = (np.mean(out.argmax(-1) == labels) for out in (main, aux))
+    assert main_acc != aux_acc
+    assert result.history[0]["train_acc"] == pytest.approx(main_acc, abs=1e-9)
     params = result.state.params
     np.testing.assert_allclose(
         params["main"]["kernel"], w_main - 0.5 * x.T @ np_softmax_grad(main, labels), atol=1e-6

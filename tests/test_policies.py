@@ -335,3 +335,12 @@ def test_the_runner_takes_the_policies_and_exports(tmp_path):
     assert (tmp_path / "m.export").stat().st_size > 1000
     bad = run_runner(["--model", "mlp", "--accumulate", "7", "--no-progress"], tmp_path)
     assert bad.returncode == 2 and "accumulate 7 does not divide" in bad.stderr
+
+
+def test_a_loss_that_is_negative_is_not_taken_for_divergence(digits):
+    # The guard's "1000 x the first loss" needs a positive first loss; -cross-entropy - 5 is
+    # negative throughout (and grows in size as the model fits): only NaN/inf may stop it.
+    shifted = lambda outputs, labels: losses.per_example_cross_entropy(outputs, labels) - 5.0
+    result = training.fit(quick_config(epochs=2), train_data=digits[0], test_data=digits[1],
+                          loss_fn=shifted, log=lambda s: None)  # fmt: skip
+    assert result.history[-1]["train_loss"] < 0 and len(result.history) == 2

@@ -24,10 +24,9 @@ import pytest
 from helpers import fit_quietly, quick_config
 from processes import signal_when
 
-from jaxnotes import data, training
+from jaxnotes import cli, data, training
 from jaxnotes import workdir as workdirs
 from jaxnotes.checkpoints import CheckpointError, Checkpoints
-from jaxnotes import cli
 
 QUICK = ["--model", "mlp", "--batch-size", "64", "--no-progress"]  # 19 steps per epoch
 STEPS = 1257 // 64

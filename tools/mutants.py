@@ -67,7 +67,7 @@ TABLE: tuple[Mutant, ...] = (
         "return layers.GlobalAvgPool()(x).astype(jnp.float32)",
         "return jnp.max(x, axis=(1, 2)).astype(jnp.float32)",
         "NiN alone ends in a global max pool",
-        *survivors("last_map_is_2x2 and nin"),
+        *survivors("last_map_is_2x2 and 112"),
     ),
     Mutant(
         "momentum_default", "jaxnotes/optim.py",
@@ -243,14 +243,14 @@ TABLE: tuple[Mutant, ...] = (
         "return outputs[0] if isinstance(outputs, tuple | list) else outputs",
         "return outputs[-1] if isinstance(outputs, tuple | list) else outputs",
         "training accuracy reads an auxiliary head instead of the main logits",
-        ("tests/test_models.py",), "googlenet_aux",
+        *survivors("aux_loss_weight"),
     ),
     Mutant(
         "steps_ema_swapped", "jaxnotes/steps.py",
         "lambda e, p: decay * e + (1 - decay) * p",
         "lambda e, p: (1 - decay) * e + decay * p",
         "the weights' moving average weighs the new weights by the decay",
-        ("tests/test_policies.py",), "ema",
+        ("tests/test_policies.py",), "moving_average",
     ),
     Mutant(
         "runs_resume_from_epoch_start", "jaxnotes/runs.py",
@@ -271,7 +271,7 @@ TABLE: tuple[Mutant, ...] = (
         "moved = [s for s in self.all_steps() if s >= first_bad]",
         "moved = [s for s in self.all_steps() if s > first_bad]",
         "after divergence, the checkpoint of the first bad step's weights is kept as good",
-        ("tests/test_reliability.py",), "diverg",
+        ("tests/test_faults.py",), "after_divergence",
     ),
     Mutant(
         "members_standardize_scale", "jaxnotes/members.py",

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from user_models import TinyResNet
 
-from jaxnotes import data, parallel, training
-from jaxnotes import cli
+from jaxnotes import cli, data, parallel, training
 
 pytestmark = pytest.mark.skipif(jax.device_count() != 4, reason="needs JAX_NUM_CPU_DEVICES=4")
 
