@@ -3,10 +3,12 @@
     python benchmarks/throughput.py [--models lenet,googlenet] [--batch 128] [--steps N]
         [--warmup N] [--repeats N] [--precision {bf16,fp32,both}] [--epoch-examples N]
         [--epoch-cap N] [--parts a,b,c,d,e] [--steps-per-dispatch K] [--per-example-variant]
+        [--deadline T] [--defaults {auto,accelerator,cpu}] [--compile-cache DIR]
         [--json results.json]
 
-For each model at its book input size (lenet 28, alexnet / vgg11_small / nin 224, googlenet 96),
-1 input channel and 10 classes (Fashion-MNIST), SGD with the book's learning rate, batch 128:
+For each model at its book input size (lenet 28, alexnet / vgg11_small / nin 224, googlenet /
+resnet18 / densenet 96), 1 input channel and 10 classes (Fashion-MNIST), SGD with the book's
+learning rate, batch 128:
 
 (a) the jaxnotes train step exactly as the runner builds it (``training.build``: forward, loss,
     backward, update, on-device metrics and guard, in one jit with the state donated), fed a
@@ -22,14 +24,18 @@ For each model at its book input size (lenet 28, alexnet / vgg11_small / nin 224
     the book's per-step accuracy sync, which would only slow PyTorch down).
 (d) (c) with ``torch.autocast(bfloat16)`` and channels_last, what a careful PyTorch user does.
 (e) the plain Flax reference (``flax_reference.py``): bare linen modules and a bare jitted optax
-    step, fed float images at the model's size; bf16 (the modules' ``dtype``) and fp32.
+    step, fed float images at the model's size; bf16 (the modules' ``dtype``) and fp32. For
+    ResNet-18 and DenseNet the bare step threads ``batch_stats`` (``mutable``), from the same
+    initial running statistics as ours.
 
 (c), (d) and (e) get their input already at the model's size, so (a) does slightly more work
 than they do (the resize); the comparison is conservative for jaxnotes. (a), (b) and (e) start
 from the same initial parameters (the runner's ``create_train_state``, made once per model).
 ``--steps-per-dispatch K`` runs (a) and (b) as the runner's option of the same name does
 (``lax.scan`` over K steps per call); ``--per-example-variant`` adds (a) with the dropout masks
-drawn per batch instead of per example, which prices ``training._apply_train``'s vmap.
+drawn per batch instead of per example (``per_example_keys=False``), which prices
+``steps._apply_train``'s vmap, for the models whose step draws them per example (stateless, with
+dropout: AlexNet, VGG, NiN).
 
 Timing: the first call (compilation, cuDNN autotuning) and ``--warmup`` steps are excluded; then
 ``--repeats`` runs of ``--steps`` steps (default 30, LeNet 200: its steps are short), each
@@ -43,9 +49,15 @@ backward pass costs two forwards: input and weight gradients). Achieved TFLOP/s 
 The jaxnotes step must compile once: after its timed loops (and after (b), which reuses it)
 ``_cache_size()`` of the jitted step must be 1; the script exits with status 1 otherwise. A part
 that fails (out of memory, a missing package) prints its error in its cell and the run goes on.
+With ``--deadline`` (a ``time.time()`` value) a cell starts only if its estimate (the model's
+earlier cells, else ``FIRST_CELL_GUESS_S``) ends before it; skipped cells are listed at the end,
+and the JSON is rewritten after every cell. A run without (c) and (d) never imports torch, one
+with only (c) and (d) can keep JAX on the CPU (``JAX_PLATFORMS=cpu --defaults accelerator``):
+``benchmarks/gpu_check.py`` runs the two halves in separate processes.
 
 On a CPU backend the defaults shrink to LeNet and few steps (the 224x224 models take minutes per
-step there); ``benchmarks/gpu_check.sh`` runs the full settings on a GPU.
+step there); ``benchmarks/gpu_check.sh`` runs the full settings on a GPU (with the other parts
+of the GPU check).
 """
 
 from __future__ import annotations
@@ -130,6 +142,7 @@ class Settings:
     steps_per_dispatch: int
     json_path: str | None
     accelerator: bool = False  # the defaults in use: an accelerator's or the CPU's
+    e_precisions: tuple[str, ...] | None = None  # (e)'s precisions (None: ``precisions``)
     deadline: float | None = None  # time.time() by which every cell must have ended
     compile_cache: str | None = None  # JAX's persistent compilation cache directory
 
@@ -165,6 +178,12 @@ def parse_args(argv: list[str] | None, accelerator: bool) -> Settings:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps after compiling")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median counts")
     parser.add_argument("--precision", choices=("bf16", "fp32", "both"), default="both")
+    parser.add_argument(
+        "--e-precision",
+        choices=("bf16", "fp32", "both"),
+        default=None,
+        help="the plain Flax step's precisions (default: --precision's)",
+    )
     parser.add_argument(
         "--epoch-examples",
         type=int,
@@ -242,6 +261,11 @@ def parse_args(argv: list[str] | None, accelerator: bool) -> Settings:
         warmup=args.warmup if args.warmup is not None else (5 if accelerator else 2),
         repeats=args.repeats,
         precisions=precisions,
+        e_precisions=(
+            precisions
+            if args.e_precision is None
+            else (("bf16", "fp32") if args.e_precision == "both" else (args.e_precision,))
+        ),
         epoch_examples=args.epoch_examples or (60_000 if accelerator else 10_240),
         epoch_cap=args.epoch_cap or (12_800 if accelerator else 1_024),
         peak_size=args.peak_size if args.peak_size is not None else (8192 if accelerator else 1024),
@@ -777,7 +801,7 @@ def benchmark_model(
             log(f"    {label:<16} not run: {name}'s step draws one dropout key per batch already")
 
     if "e" in settings.parts:
-        for precision in settings.precisions:
+        for precision in settings.e_precisions or settings.precisions:
 
             def reference(precision=precision):
                 state = initial()
@@ -792,7 +816,8 @@ def benchmark_model(
         run_cell("c", lambda: run_torch(name, "fp32", settings, steps, size), "torch")
     if "d" in settings.parts:
         run_cell("d", lambda: run_torch(name, "bf16_cl", settings, steps, size), "torch")
-    if any(part in settings.parts for part in ("a", "b", "e")):
+    measured = [v for v in results.values() if isinstance(v, dict) and "images_per_s" in v]
+    if measured and any(part in settings.parts for part in ("a", "b", "e")):
         try:
             results["flops_per_image"] = flops_per_image(name, size)
         except Exception as error:
@@ -963,7 +988,8 @@ def main(argv: list[str] | None = None) -> int:
     if recompiled:
         log("RECOMPILATION: " + "; ".join(recompiled))
         return 1
-    log("no recompilation: every jaxnotes step compiled once")
+    if uses_jax:
+        log("no recompilation: every jaxnotes step compiled once")
     return 0
 
 

@@ -12,8 +12,9 @@ parameter counts and, with copied weights, the outputs):
 - ``nin``: ``nin_block`` x 4, dropout before the last block, global average pooling;
 - ``googlenet``: blocks b1..b5 with nine Inception blocks, without the auxiliary heads (d2l has
   none either);
-- ``lenet_bn``, ``resnet18``, ``densenet`` (``MODERN``: not in ``throughput.py``'s table, but in
-  ``train_cpu.py`` and ``tests/test_modern_cnn.py``): the batch-norm chapters' networks, with
+- ``lenet_bn``, ``resnet18``, ``densenet`` (``MODERN``; ``resnet18`` and ``densenet`` are also in
+  ``throughput.py``'s table, all three in ``train_cpu.py`` and ``tests/test_modern_cnn.py``):
+  the batch-norm chapters' networks, with
   ``nn.BatchNorm2d`` / ``nn.BatchNorm1d`` as d2l's concise code. PyTorch's running variance is
   updated with the *unbiased* batch variance (n / (n - 1) times the biased one it normalises
   with); flax's and the book's from-scratch code keep the biased one.

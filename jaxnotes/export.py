@@ -27,11 +27,17 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 
 def export_run(
     workdir: str | os.PathLike, path: str | os.PathLike, which: str = "best", *,
-    platforms: Sequence[str] = PLATFORMS, model: Any = None,
+    platforms: Sequence[str] = PLATFORMS, model: Any = None, matmul_precision: str = "highest",
 ) -> Path:  # fmt: skip
     """Serialize the inference of the run in ``workdir`` (``runs.load_run(workdir, which)``) to
     ``path``; returns the path. The input is ``(batch, H, W, C)`` in the dtype and size the
-    run's data had (e.g. float32 8x8x1 for digits, uint8 28x28x1 for Fashion-MNIST)."""
+    run's data had (e.g. float32 8x8x1 for digits, uint8 28x28x1 for Fashion-MNIST).
+
+    ``matmul_precision`` is written into the program's convolutions and matrix products:
+    "highest" computes float32 as float32 on every platform. With "default" an H200 runs them
+    in TF32, measured: a CPU-made LeNet export gave the CPU's probabilities to 2.3e-4 on the GPU
+    with "default", to 4.8e-7 with "highest" (benchmarks/gpu_check.sh, BENCHMARKS.md).
+    """
     from jaxnotes import inference, modules, steps
     from jaxnotes.models import cpu_kernels
 
@@ -45,7 +51,7 @@ def export_run(
     fn = jax.jit(lambda images: forward(weights, images))
     (batch,) = jax.export.symbolic_shape("batch")
     spec = jax.ShapeDtypeStruct((batch, *image["shape"]), np.dtype(image["dtype"]))
-    with cpu_kernels.portable():
+    with cpu_kernels.portable(), jax.default_matmul_precision(matmul_precision):
         exported = jax.export.export(fn, platforms=tuple(platforms))(spec)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
