@@ -134,26 +134,38 @@ class TensorBoard(Callback):
     WORKDIR/tensorboard): the running training loss and accuracy at each metrics pull, every
     number of each epoch's record, the run's settings as hparams and the learning-curve figure
     at the end. Process 0 only. ``pip install tensorboardX`` (the extra ``jaxnotes[tensorboard]``);
-    view with ``tensorboard --logdir WORKDIR``."""
+    view with ``tensorboard --logdir WORKDIR``.
+
+    tensorboardX is imported in a thread from the start (overlapping the step's compilation),
+    without the PyTorch it would import when installed; the writer opens at first use.
+    """
 
     def __init__(self, log_dir: str | Path | None = None):
-        try:
-            import tensorboardX  # noqa: F401
-        except ImportError:
+        import importlib.util
+        import threading
+
+        if importlib.util.find_spec("tensorboardX") is None:
             raise ImportError(
                 "TensorBoard logging needs tensorboardX: pip install tensorboardX (or the extra: "
                 "pip install 'jaxnotes[tensorboard]')"
-            ) from None
-        self.log_dir, self.writer, self._history = log_dir, None, []
+            )
+        self.log_dir, self.folder, self._writer, self._history = log_dir, None, None, []
+        self._import = threading.Thread(target=_import_tensorboardx, daemon=True)
+        self._import.start()
 
     def on_train_begin(self, run: RunInfo) -> None:
-        from tensorboardX import SummaryWriter
-
         folder = self.log_dir or (run.workdir / "tensorboard" if run.workdir else None)
-        if folder is None or not run.primary:
-            return
-        self.writer = SummaryWriter(str(folder))
-        self._config = run.config
+        self.folder = folder if run.primary else None
+        self._config, self._workdir = run.config, run.workdir
+
+    @property
+    def writer(self):
+        if self._writer is None and self.folder is not None:
+            self._import.join()
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.folder))
+        return self._writer
 
     def on_step(self, step: int, metrics: dict) -> None:
         if self.writer is not None:
@@ -172,17 +184,45 @@ class TensorBoard(Callback):
     def on_train_end(self, summary: dict) -> None:
         if self.writer is None:
             return
-        from jaxnotes import plots
-
         hparams = {k: v for k, v in dataclasses.asdict(self._config).items() if _scalar(v)}
         finals = {f"final/{k}": float(v) for k, v in summary.items()
                   if k.startswith(("train_", "val_", "test_")) and _number(v)}  # fmt: skip
         self.writer.add_hparams(hparams, finals, name="hparams")
-        if self._history:
+        self._add_curves(summary)
+        self.writer.close()
+        self._writer, self.folder = None, None
+
+    def _add_curves(self, summary: dict) -> None:
+        """The run's learning-curve figure: its saved PNG, or drawn when it saved none."""
+        saved = self._workdir / "learning_curves.png" if self._workdir else None
+        if saved is not None and saved.exists():
+            from matplotlib.image import imread
+
+            image = imread(saved)[..., :3]
+            self.writer.add_image("learning_curves", image, dataformats="HWC")
+        elif self._history:
+            from jaxnotes import plots
+
             figure = plots.learning_curves(self._history, None, title=summary.get("model"))
             self.writer.add_figure("learning_curves", figure, close=True)
-        self.writer.close()
-        self.writer = None
+
+
+def _import_tensorboardx() -> None:
+    """Import tensorboardX without PyTorch: it imports torch when installed (0.9 s measured
+    here) only to convert torch tensors, and we log floats and arrays. A later ``import torch``
+    works as usual; if torch is already imported, nothing is held back."""
+    import sys
+
+    held = "torch" not in sys.modules
+    if held:
+        sys.modules["torch"] = None  # `import torch` inside tensorboardX: ImportError, handled
+    try:
+        import tensorboardX  # noqa: F401
+    except Exception:  # noqa: BLE001 -- the writer's own import reports it
+        pass
+    finally:
+        if held and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
 
 
 def _number(value: Any) -> bool:
