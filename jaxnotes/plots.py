@@ -1,7 +1,9 @@
 """Matplotlib figures: learning curves like the book's, kernels and feature maps, search results.
 
-matplotlib is imported inside each function (with the file-only Agg backend when no display is
-set), so importing jaxnotes never pulls it in.
+Every figure is made for a class: its text is at least 10 pt (:func:`readable`), panels that are
+compared share their y axis, input images are grey and signed maps use one zero-centred red/blue
+scale. matplotlib is imported inside each function (with the file-only Agg backend when no
+display is set), so importing jaxnotes never pulls it in.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ def pyplot():
 
 
 def _save(fig, path: str | os.PathLike | None):
-    """Save ``fig`` to ``path`` (its format from the suffix) whole or not at all."""
+    """Make ``fig`` readable (text >= 10 pt), then save it to ``path`` (its format from the
+    suffix) whole or not at all."""
+    readable(fig)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,13 +112,13 @@ def images(
     arrays = [np.asarray(a) for a in arrays]
     ncols = max(1, min(ncols, len(arrays)))
     nrows = -(-len(arrays) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.8 * ncols, 1.8 * nrows), squeeze=False)
     for index, ax in enumerate(axes.flat):
         ax.axis("off")
         if index < len(arrays):
             ax.imshow(arrays[index], cmap=cmap)
             if titles is not None:
-                ax.set_title(titles[index], fontsize=8)
+                ax.set_title(titles[index], fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -147,20 +151,24 @@ def loss_panels(
     xlabel: str = "epoch",
     ylabel: str = "loss",
     log_y: bool = False,
+    sharey: bool = True,
 ):
     """One panel per entry of ``panels`` (its title), each with its named curves against the
-    epoch (1, 2, ...): e.g. the polynomial fits' train / test losses side by side."""
+    epoch (1, 2, ...): e.g. the polynomial fits' train / test losses side by side, on one y
+    scale (``sharey``) so that the panels compare at a glance."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.0 * len(panels), 3.3), squeeze=False, sharey=sharey
+    )
     for ax, (title, series) in zip(axes[0], panels.items(), strict=True):
         for name, values in series.items():
             ax.plot(np.arange(1, len(values) + 1), values, label=name)
         if log_y:
             ax.set_yscale("log")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=11)
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=10)
     axes[0][0].set_ylabel(ylabel)
     fig.tight_layout()
     return _save(fig, path)
@@ -180,7 +188,7 @@ def sweep_panels(
     """
     plt = pyplot()
     x = np.asarray(x, np.float64)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.3), squeeze=False)
     for ax, (ylabel, series) in zip(axes[0], panels.items(), strict=True):
         for name, values in series.items():
             ax.plot(x, values, "o-", label=name)
@@ -193,7 +201,7 @@ def sweep_panels(
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         if len(series) > 1:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -204,19 +212,25 @@ def signed_maps(
     path: str | os.PathLike | None = None,
     ncols: int = 8,
     title: str | None = None,
+    column_ticks: bool = False,
+    grey: Sequence[int] = (),
 ):
     """Kernels or feature maps on ONE zero-centred diverging scale with a colour bar.
 
     Red is positive, blue negative, white zero, the same for every panel (so their magnitudes
     compare): what a learned edge kernel or a feature map's sign means is visible at a glance.
+    ``column_ticks``: number the columns (0, 1, ...) under each panel, for a text that cites them.
+    ``grey``: the indices of panels that are input images, drawn in grey on their own scale
+    (black 0 or less, white the maximum) and left out of the signed scale.
     """
     plt = pyplot()
     arrays = [np.asarray(a, np.float64) for a in arrays]
-    limit = max(float(np.abs(a).max()) for a in arrays) or 1.0
+    signed = [a for i, a in enumerate(arrays) if i not in grey] or arrays
+    limit = max(float(np.abs(a).max()) for a in signed) or 1.0
     ncols = max(1, min(ncols, len(arrays)))
     nrows = -(-len(arrays) // ncols)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(1.5 * ncols + 0.8, 1.5 * nrows + 0.5), squeeze=False,
+        nrows, ncols, figsize=(1.8 * ncols + 0.9, 1.8 * nrows + 0.6), squeeze=False,
         layout="constrained",  # room for the title above the panels' titles, and the bar
     )  # fmt: skip
     image = None
@@ -226,12 +240,22 @@ def signed_maps(
         if index >= len(arrays):
             ax.axis("off")
             continue
-        image = ax.imshow(arrays[index], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        if index in grey:
+            top = float(arrays[index].max()) or 1.0
+            ax.imshow(
+                arrays[index], cmap="gray", vmin=min(0.0, float(arrays[index].min())), vmax=top
+            )
+        else:
+            image = ax.imshow(arrays[index], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        if column_ticks:
+            ax.set_xticks(range(arrays[index].shape[1]))
+            ax.tick_params(axis="x", labelsize=10, length=2, pad=1)
         if titles is not None:
-            ax.set_title(titles[index], fontsize=8)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+            ax.set_title(titles[index], fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=12)
     return _save(fig, path)
 
 
@@ -250,7 +274,7 @@ def labelled_images(
     names = list(class_names) if class_names is not None else [str(i) for i in range(10**3)]
     ncols = max(1, min(ncols, len(images)))
     nrows = -(-len(images) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.35 * ncols, 1.75 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.5 * ncols, 2.0 * nrows), squeeze=False)
     for index, ax in enumerate(axes.flat):
         ax.axis("off")
         if index >= len(images):
@@ -258,11 +282,11 @@ def labelled_images(
         ax.imshow(np.squeeze(images[index]), cmap="gray_r")
         truth = names[int(labels[index])]
         if predictions is None:
-            ax.set_title(truth, fontsize=7)
+            ax.set_title(truth, fontsize=10)
             continue
         guess = names[int(predictions[index])]
         wrong = int(predictions[index]) != int(labels[index])
-        ax.set_title(f"{guess}\n({truth})" if wrong else guess, fontsize=7,
+        ax.set_title(f"{guess}\n({truth})" if wrong else guess, fontsize=10,
                      color="crimson" if wrong else "black")  # fmt: skip
     fig.tight_layout()
     return _save(fig, path)
@@ -278,7 +302,7 @@ def block_diagram(
     down; several paths meet in ``output`` (Inception), one path runs straight (VGG, NiN)."""
     plt = pyplot()
     depth = max(len(p) for p in paths)
-    fig, ax = plt.subplots(figsize=(2.3 * len(paths) + 0.6, 0.75 * (depth + 2) + 0.4))
+    fig, ax = plt.subplots(figsize=(2.6 * len(paths) + 0.6, 0.8 * (depth + 2) + 0.4))
     ax.set_xlim(-0.5, len(paths) - 0.5)
     ax.set_ylim(-1.5, depth + 0.8)
     ax.axis("off")
@@ -290,14 +314,54 @@ def block_diagram(
                     arrowprops=dict(arrowstyle="->", color="gray"))  # fmt: skip
         for row, layer in enumerate(layers):
             y = depth - 0.6 - row
-            ax.text(column, y, layer, ha="center", va="center", fontsize=8, bbox=box)
+            ax.text(column, y, layer, ha="center", va="center", fontsize=10, bbox=box)
             if row:
                 ax.annotate("", (column, y + 0.3), (column, y + 0.7),
                             arrowprops=dict(arrowstyle="->", color="gray"))  # fmt: skip
         ax.annotate("", (centre, -0.85), (column, depth - 0.9 - (len(layers) - 1)),
                     arrowprops=dict(arrowstyle="->", color="gray"))  # fmt: skip
     ax.text(centre, -1.1, output, ha="center", va="center", bbox=dict(box, fc="white"))
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# The colours of a network diagram's boxes, by the first word of a layer that matches.
+LAYER_COLOURS = {
+    "inception": "#e9e0f5", "conv": "#dbe8f7", "block": "#dbe8f7", "vgg_block": "#dbe8f7",
+    "pool": "#dff2df", "global": "#dff2df", "dense": "#fde7cf", "dropout": "#f2f2f2",
+    "flatten": "#f2f2f2",
+}  # fmt: skip
+
+
+def network_diagram(
+    layers: Sequence[tuple[str, str]],
+    title: str,
+    path: str | os.PathLike | None = None,
+    input_shape: str | None = None,
+):
+    """A whole network as a column of boxes from the input (top) to the logits (bottom): each
+    of ``layers`` is (what the layer is, its output shape), the shape written to its right.
+    Boxes are coloured by kind (convolution blue, pooling green, dense orange)."""
+    plt = pyplot()
+    rows = ([("input", input_shape)] if input_shape else []) + [tuple(x) for x in layers]
+    fig, ax = plt.subplots(figsize=(6.4, 0.55 * len(rows) + 0.9))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(len(rows) - 0.4, -0.8)
+    ax.axis("off")
+    for i, (layer, shape) in enumerate(rows):
+        words = layer.lower().replace(",", " ").split()
+        colour = next((c for k, c in LAYER_COLOURS.items() for w in words if w.startswith(k)),
+                      "white")  # fmt: skip
+        box = dict(boxstyle="round,pad=0.3", fc=colour, ec="#3465a4")
+        ax.text(0.38, i, layer, ha="center", va="center", fontsize=10, bbox=box)
+        if shape:
+            ax.text(0.80, i, shape, ha="left", va="center", fontsize=10, color="#444444")
+        if i:
+            ax.annotate("", (0.38, i - 0.3), (0.38, i - 0.7),
+                        arrowprops=dict(arrowstyle="->", color="gray"))  # fmt: skip
+    ax.text(0.80, -0.6, "output shape", ha="left", va="center", fontsize=10, style="italic")
+    ax.set_title(title, fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -262,7 +262,7 @@ def test_exercises_check_themselves(name):
     cells = notebook.cells[start:end]
     checks = [
         i for i, cell in enumerate(cells)
-        if cell.cell_type == "code" and "nbk.check_answer(answer" in cell.source
+        if cell.cell_type == "code" and re.search(r"nbk\.check_answer\(\s*answer\b", cell.source)
     ]  # fmt: skip
     assert 3 <= len(checks) <= 5, f"{name}: {len(checks)} self-checked exercises"
     for i in checks:
@@ -435,7 +435,7 @@ def test_badges_are_written_from_the_release(tmp_path, monkeypatch):
         (ROOT / "README.md").read_text().replace("/blob/main/colab/07", "/blob/x/colab/07")
     )
     monkeypatch.setattr(build, "README", readme)
-    assert build.badge_problems() == ["README.md: a badge differs from jaxnotes.release"]
+    assert "README.md: a badge differs from jaxnotes.release" in build.badge_problems()
     assert build.write_badges() == [readme] and build.badge_problems() == []
 
 
@@ -639,7 +639,9 @@ def test_small_runs_stay_small():
     for model in nbk.SMALL_RUNS:
         config, (n_train, _) = nbk.chapter_config(model, "small")
         steps = (n_train or 1257) // config.batch_size * config.epochs
-        limit = 700 if model in ("lenet", "mlp") else 250
+        # NiN (no batch norm, 68 px) needs 8 epochs to leave chance on every seed: at 4 epochs
+        # seeds 0-4 ended at 0.11-0.70 test accuracy, at 8 epochs 0.67-0.99 (about 30 s here).
+        limit = {"lenet": 700, "mlp": 700, "nin": 320}.get(model, 250)
         assert steps <= limit, (model, steps)
 
 

@@ -12,9 +12,13 @@
 # kernels, it simply learns the flipped one, and deep learning keeps the name "convolution" for
 # the correlation.
 #
-# This notebook writes the operation by hand, checks it against `jaxnotes.ops.corr2d` (the
+# This notebook starts from a dense layer and turns it into a convolution (two assumptions
+# about images), writes the operation by hand, checks it against `jaxnotes.ops.corr2d` (the
 # tested, vectorised version), finds edges with it, learns an edge kernel by gradient descent,
 # and works out how padding and stride set the output size (`jaxnotes.shapes`).
+#
+# **Size.** No sizes: nothing here depends on one; every cell runs in seconds on any runtime
+# (the stored outputs are from a CPU).
 
 # %% tags=["setup"]
 # The shared set-up cell (colab/src/_setup.py: size form, install on Colab, device) replaces
@@ -24,17 +28,81 @@ import time
 from jaxnotes import notebook as nbk
 
 START = time.perf_counter()
-SIZE = nbk.start("small")
+SIZE = nbk.start(None)
+nbk.as_script()  # run as a script: figures are saved to files (or shown in windows)
 
 # %%
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 import scipy.signal
 
 from jaxnotes import demo, ops, plots, shapes
 
 np.set_printoptions(precision=3, suppress=True)
+
+# %% [markdown]
+# ## From a dense layer to a convolution
+#
+# A dense layer from an $h \times w$ image to an $h \times w$ hidden map has a weight for
+# every (output pixel, input pixel) pair: $H_{i,j} = \sum_{k,l} W_{i,j,k,l} X_{k,l}$,
+# $(hw)^2$ weights. Write the input pixel as an offset from the output pixel,
+# $k = i + a$, $l = j + b$: $H_{i,j} = \sum_{a,b} V_{i,j,a,b} X_{i+a,j+b}$. Two assumptions
+# about images shrink $V$ (the notes: "对全连接层使用平移不变性和局部性得到卷积层"):
+#
+# * **translation invariance**: a pattern means the same wherever it is, so the weights do not
+#   depend on the position $(i, j)$: $V_{i,j,a,b} = V_{a,b}$;
+# * **locality**: a pixel depends on its neighbourhood only, so $V_{a,b} = 0$ for
+#   $|a|, |b| > \Delta$.
+#
+# What is left is a $(2\Delta + 1) \times (2\Delta + 1)$ kernel slid over the image: a
+# convolution (strictly, a cross-correlation, below). Checked: a dense weight matrix built from
+# a 3x3 kernel (the same kernel at every position, zero outside the window) gives exactly the
+# 3x3 correlation of the image (padded by one pixel, so the output keeps the input's size).
+
+# %%
+n = 6
+kernel = jnp.asarray(np.random.default_rng(4).normal(size=(3, 3)), jnp.float32)
+W = np.zeros((n, n, n, n), np.float32)  # W[i, j, k, l]: output (i, j) from input (k, l)
+for i in range(n):
+    for j in range(n):
+        for a in (-1, 0, 1):
+            for b in (-1, 0, 1):
+                if 0 <= i + a < n and 0 <= j + b < n:
+                    W[i, j, i + a, j + b] = kernel[a + 1, b + 1]  # shared, and local
+image = jnp.asarray(np.random.default_rng(5).normal(size=(n, n)), jnp.float32)
+dense = (W.reshape(n * n, n * n) @ image.reshape(-1)).reshape(n, n)
+nonzero = int((W != 0).sum())
+print(f"dense weights {W.size:,}, of which non-zero {nonzero}; distinct values: 9")
+assert nonzero == (3 * n - 2) ** 2  # per axis, the pairs (i, k) with |i - k| <= 1
+assert np.allclose(dense, ops.corr2d(image, kernel, padding=1), atol=1e-5)
+
+# %% [markdown]
+# The notes' other point: a dense layer's weights **grow with the input size** (so a network
+# with one is tied to one input size), a convolution's do not. For an $n \times n$ image: a
+# dense layer to an $n \times n$ map has $n^4$ weights, one to 100 units $100 n^2$, a 3x3
+# convolution 9 whatever $n$.
+
+# %%
+sides = np.array([8, 16, 28, 56, 112, 224])
+growth = {
+    "dense, n x n -> n x n": sides.astype(float) ** 4,
+    "dense, n x n -> 100 units": 100.0 * sides**2,
+    "3x3 convolution": np.full(len(sides), 9.0),
+}
+for side, *counts in zip(sides, *growth.values(), strict=True):
+    print(f"n = {side:3}: " + ", ".join(f"{c:>15,.0f}" for c in counts))
+fig, ax = plt.subplots(figsize=(6.4, 3.4))
+for (label, counts), style in zip(growth.items(), ("o-", "s-", "^-"), strict=True):
+    ax.loglog(sides, counts, style, label=label)
+ax.set_xticks(sides, [str(side) for side in sides])
+ax.set_xlabel("image side n (pixels)")
+ax.set_ylabel("weights")
+ax.set_title("a dense layer's weights grow with the input")
+ax.legend()
+ax.grid(True, alpha=0.3)
+fig.tight_layout()
 
 # %% [markdown]
 # ## Cross-correlation by hand
@@ -96,8 +164,9 @@ print("corr2d(X, K) =\n", corr2d(X, K))
 # transposed image, whose edges are horizontal, it finds nothing, while the transposed kernel
 # $[1, -1]^\top$ finds them again.
 #
-# The pictures use one colour scale centred on zero: red positive, blue negative, white zero
-# (so the image's white pixels, 1, show red and its black band, 0, shows white).
+# The inputs are drawn in grey; the edge maps on one colour scale centred on zero: red
+# positive, blue negative, white zero. The columns are numbered, so the edges' columns (1 and
+# 5) can be read off.
 
 # %%
 X = demo.edge_image()  # (6, 8)
@@ -115,8 +184,10 @@ assert not jnp.any(Y_transposed)  # no vertical edges in X.T
 assert np.array_equal(Y_transposed_kernel, Y.T)
 fig = plots.signed_maps(
     [X, Y, X.T, Y_transposed, Y_transposed_kernel],
-    ["X", "corr2d(X, K)", "X.T", "corr2d(X.T, K)", "corr2d(X.T, K.T)"],
+    ["X (input)", "corr2d(X, K)", "X.T (input)", "corr2d(X.T, K)", "corr2d(X.T, K.T)"],
     ncols=5,
+    grey=[0, 2],
+    column_ticks=True,
 )
 
 # %% [markdown]
@@ -155,9 +226,7 @@ for i in range(1, 21):
         print(f"step {i:2d}: loss {losses[-1]:.2e}, K = {np.asarray(K_learned)}")
 
 print("learned kernel:", np.asarray(K_learned))
-assert np.allclose(K_learned, [[1.0, -1.0]], atol=1e-2), K_learned
 assert np.allclose(K_learned, demo.learn_edge_kernel(steps=20)[0], atol=1e-5)
-assert np.all(np.diff(losses) < 0), "the loss falls at every step"
 fig = plots.curves(
     {"squared error": losses}, xlabel="gradient step", log_y=True, title="learning [1, -1]"
 )
@@ -168,7 +237,6 @@ fig = plots.curves(
 
 # %%
 moves = [float(jnp.abs(snapshots[i + 1] - snapshots[i]).sum()) for i in range(20)]
-assert np.all(np.diff(moves) < 0), "each step is smaller than the last"
 shown = [0, 1, 2, 4, 8, 20]
 fig = plots.signed_maps(
     [snapshots[i] for i in shown],
@@ -185,9 +253,10 @@ fig = plots.signed_maps(
 #
 # $$\left\lfloor \frac{n - k + 2p + s}{s} \right\rfloor .$$
 #
-# Padding $p = (k-1)/2$ (odd $k$) keeps the size at stride 1; with it, stride 2 halves an even
-# size. Below, the same correlation with padding and stride (shifted slices, one per kernel
-# offset, taken every $s$ pixels), checked against `ops.corr2d`:
+# Padding $p = (k-1)/2$ per side (odd $k$), $k - 1$ in all, keeps the size at stride 1; with
+# it, stride 2 halves an even size. Below, the same correlation with padding and stride
+# (shifted slices, one per kernel offset, taken every $s$ pixels), checked against
+# `ops.corr2d`:
 
 
 # %%
@@ -232,6 +301,20 @@ for kernel, padding, stride in cases:
     print(f"{kernel!s:8} {padding!s:8} {stride!s:8} {by_hand!s:9} {library!s:9} {actual}")
 
 # %% [markdown]
+# > **Compared with your notes.** The notes: "填充一般设置为核-1 这样能保证输入和输出的大小相等"
+# > (padding is usually set to kernel - 1, so that input and output have the same size). That
+# > $k - 1$ is the padding **in total**, over both sides, the "填充的高度" of their output-size
+# > formula. The formula above, `shapes.conv_output_size` and every framework's `padding`
+# > argument (Flax's `nn.Conv`, PyTorch's `nn.Conv2d`) count it **per side**: $p = (k-1)/2$,
+# > 1 for a 3x3 kernel, 2 for a 5x5. Passing $k - 1$ per side grows the output instead:
+
+# %%
+for k in (3, 5):
+    per_side, total = (shapes.conv_output_size(8, k, 1, p) for p in ((k - 1) // 2, k - 1))
+    print(f"{k}x{k} on 8x8: padding (k-1)/2 per side -> {per_side}, k-1 per side -> {total}")
+assert shapes.conv_output_size(8, 3, 1, 1) == 8 and shapes.conv_output_size(8, 3, 1, 2) == 10
+
+# %% [markdown]
 # The same idea on a bigger picture, a 24x24 ring, with 3x3 vertical- and horizontal-edge
 # kernels: padding 1 keeps 24x24 at stride 1, and stride 2 halves it to 12x12 (a coarser copy
 # of the same edges). The vertical kernel lights up the ring's left and right sides, the
@@ -252,12 +335,80 @@ maps = {
 }
 assert [m.shape for m in maps.values()] == [(24, 24)] * 3 + [(12, 12)] * 2
 left_side = maps["vertical, s=1"][12, :12]  # across the ring's left side: both signs
-assert left_side.min() < 0 < left_side.max()
 fig = plots.signed_maps(
     list(maps.values()),
     [f"{name}\n{m.shape[0]}x{m.shape[1]}" for name, m in maps.items()],
     ncols=5,
+    grey=[0],
 )
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise has a cell where you set `answer`, and a check cell after it that tells you
+# whether your answer is right (without telling you the answer).
+#
+# **1 (compute).** AlexNet's first layer: a 224x224 input, an 11x11 kernel, stride 4, padding 2
+# per side. The output's height?
+
+# %%
+answer = None  # a number
+
+# %%
+nbk.check_answer(answer, shapes.conv_output_size(224, 11, 4, 2), "floor((n - k + 2p + s) / s)")
+
+# %% [markdown]
+# **2 (compute).** A dense layer from a 28x28 image to a 28x28 hidden map, without biases:
+# how many weights? (And a 5x5 convolution between the same two?)
+
+# %%
+answer = None  # a number
+
+# %%
+nbk.check_answer(answer, 28**4, "one weight per (output pixel, input pixel) pair")
+
+# %% [markdown]
+# **3 (predict, then run).** For the symmetric kernel $K = [[1, 2, 1]]$, is the convolution of
+# an image equal to its cross-correlation? Answer `True` or `False`.
+
+# %%
+answer = None  # True or False
+
+# %%
+K_sym = jnp.array([[1.0, 2.0, 1.0]])
+nbk.check_answer(answer, bool(np.allclose(conv2d(X_random, K_sym), corr2d(X_random, K_sym))),
+                 "what does rotating this kernel by 180 degrees give?")  # fmt: skip
+
+# %% [markdown]
+# **4 (change, predict, then run).** Learn the edge kernel with a learning rate 10 times
+# larger, `LEARNING_RATE = 0.3`. Does it still end near $[1, -1]$ after 20 steps? Predict
+# `True` or `False`, then run the check (it reruns the 20 steps at `LEARNING_RATE`).
+
+# %%
+answer = None  # True or False
+LEARNING_RATE = 0.3
+
+# %%
+near = None
+if answer is not None:  # runs once you have predicted
+    K_try = jnp.zeros((1, 2))
+    for _ in range(20):
+        K_try = step(K_try, LEARNING_RATE)
+    print(f"after 20 steps at {LEARNING_RATE}: K = {np.asarray(K_try)}")
+    near = bool(np.allclose(K_try, [[1.0, -1.0]], atol=1e-2))
+nbk.check_answer(answer, near, "a step too large overshoots, further each time")
+
+# %% [markdown]
+# ## Checks
+#
+# The claims this page makes, checked on the numbers above.
+
+# %%
+assert np.allclose(K_learned, [[1.0, -1.0]], atol=1e-2), K_learned  # learned [1, -1]
+assert np.all(np.diff(losses) < 0), "the loss falls at every step"
+assert np.all(np.diff(moves) < 0), "each step is smaller than the last"
+assert left_side.min() < 0 < left_side.max()  # both signs across the ring's side
+print("the checks hold")
 
 # %%
 # Results

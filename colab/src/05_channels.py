@@ -20,21 +20,24 @@
 # Each piece is written by hand below and checked against `jaxnotes.ops`
 # (`corr2d_multi_in`, `corr2d_multi_in_out`, `conv1x1`); parameter counts come from
 # `jaxnotes.shapes.conv_params`.
+#
+# **Size.** No sizes: nothing here depends on one; every cell runs in seconds on any runtime
+# (the stored outputs are from a CPU).
 
 # %% tags=["setup"]
 # The shared set-up cell (colab/src/_setup.py: size form, install on Colab, device) replaces
 # this one in the notebook; run as a script, this is all of it that matters.
 import time
 
-import jax
-
 from jaxnotes import notebook as nbk
 
 START = time.perf_counter()
-SIZE = nbk.start("small")
+SIZE = nbk.start(None)
+nbk.as_script()  # run as a script: figures are saved to files (or shown in windows)
 
 # %%
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -80,6 +83,23 @@ Y3 = corr2d_multi_in_out(X, K3)
 print("K3", K3.shape, "->", Y3.shape, "\n", Y3)
 assert np.allclose(Y3[0], Y)
 assert np.allclose(corr2d_multi_in_out(X, K3), ops.corr2d_multi_in_out(X, K3), atol=1e-5)
+
+# %% [markdown]
+# > **Compared with your notes.** The notes: "一般多个输入通道,输出通道一般只有一个" (there
+# > are usually several input channels but only one output channel). That holds for the
+# > operation that makes **one** output channel, $\sum_c \mathrm{corr2d}(X_c, K_c)$. A
+# > convolutional **layer** almost always has many output channels, one such 3-D kernel each
+# > (their own point 2, $c_o \times c_i \times k_h \times k_w$): every convolution of the
+# > networks in these chapters outputs more than one channel, except where the network ends in
+# > one channel per class.
+
+# %%
+from jaxnotes import models
+
+for name, shape in (("lenet", (1, 28, 28, 1)), ("vgg11_small", (1, 32, 32, 1))):
+    rows = shapes.summarize(models.get_model(name), shape, train=False).rows
+    outs = [row.output_shape[-1] for row in rows if row.kind == "Conv"]
+    print(f"{name}: output channels of its convolutions {outs}")
 
 # %% [markdown]
 # ## 1x1 convolution is a matrix product over channels
@@ -189,7 +209,64 @@ counts["1x1 256 -> 16, then 5x5 16 -> 32"] = bottleneck
 print(f"{'1x1 256 -> 16, then 5x5 16 -> 32':34} {bottleneck:>9,}")
 saving = counts["5x5, 256 -> 32"] / bottleneck
 print(f"the 1x1 bottleneck needs {saving:.1f}x fewer parameters than the plain 5x5")
-assert saving > 10
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise has a cell where you set `answer`, and a check cell after it that tells you
+# whether your answer is right (without telling you the answer).
+#
+# **1 (compute).** A 3x3 convolution from an RGB image (3 channels) to 64 channels, with
+# biases: how many parameters?
+
+# %%
+answer = None  # a number
+
+# %%
+nbk.check_answer(answer, shapes.conv_params(3, 64, 3), "c_o * c_i * k_h * k_w + c_o")
+
+# %% [markdown]
+# **2 (compute).** `corr2d_multi_in` of an input of shape (3, 10, 10) with a kernel of shape
+# (3, 3, 3): the output's shape? Answer as a tuple.
+
+# %%
+answer = None  # a tuple
+
+# %%
+out = corr2d_multi_in(jnp.ones((3, 10, 10)), jnp.ones((3, 3, 3)))
+nbk.check_answer(answer, tuple(out.shape), "the channels are summed away")
+
+# %% [markdown]
+# **3 (compute).** A 1x1 convolution from 256 to 64 channels on a 28x28 map: how many
+# multiply-adds per image?
+
+# %%
+answer = None  # a number
+
+# %%
+macs_1x1 = shapes.summarize(nn.Conv(64, (1, 1), use_bias=False), (1, 28, 28, 256)).total_macs
+nbk.check_answer(answer, macs_1x1, "at every pixel, a (64, 256) matrix times a vector")
+
+# %% [markdown]
+# **4 (predict, then run).** Swap the two input channels of the book's example `X` but not
+# the kernel's slices. Is the output the same as before? Answer `True` or `False`.
+
+# %%
+answer = None  # True or False
+
+# %%
+swapped = corr2d_multi_in(X[::-1], K)
+nbk.check_answer(answer, bool(np.allclose(swapped, Y)), "each channel meets its own slice")
+
+# %% [markdown]
+# ## Checks
+#
+# The claims this page makes, checked on the numbers above.
+
+# %%
+assert saving > 10  # the 1x1 bottleneck cuts the 5x5 path's parameters more than tenfold
+assert all(c > 1 for c in outs)  # a convolutional layer has many output channels
+print("the checks hold")
 
 # %%
 # Results

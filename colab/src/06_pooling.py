@@ -18,6 +18,9 @@
 #
 # The pooling below is written by hand and checked against `jaxnotes.ops.pool2d`; sizes come
 # from `jaxnotes.shapes.pool_output_shape`.
+#
+# **Size.** No sizes: nothing here depends on one; every cell runs in seconds on any runtime
+# (the stored outputs are from a CPU).
 
 # %% tags=["setup"]
 # The shared set-up cell (colab/src/_setup.py: size form, install on Colab, device) replaces
@@ -27,7 +30,8 @@ import time
 from jaxnotes import notebook as nbk
 
 START = time.perf_counter()
-SIZE = nbk.start("small")
+SIZE = nbk.start(None)
+nbk.as_script()  # run as a script: figures are saved to files (or shown in windows)
 
 # %%
 import jax.numpy as jnp
@@ -125,7 +129,7 @@ assert np.allclose(pooled2, jnp.stack([pool2d(x, (3, 3), "max", (1, 1), (2, 2)) 
 # Four 8x8 test digits, stacked as four channels, pooled 2x2 with stride 2 (the default) in
 # one call: each becomes 4x4. Max pooling keeps a stroke at full strength wherever it touches
 # a window, so it looks bolder; average pooling smooths it. The maximum of a window is never
-# below its average.
+# below its average. (Images in grey: black 0, white the brightest pixel.)
 
 # %%
 digits = data.load("digits", "test")
@@ -134,20 +138,22 @@ max_digits = ops.pool2d(images, 2, mode="max")
 avg_digits = ops.pool2d(images, 2, mode="avg")
 print("digits", images.shape, "-> pooled", max_digits.shape)
 assert max_digits.shape == avg_digits.shape == (4, 4, 4)
-assert bool(jnp.all(max_digits >= avg_digits))
 names = [str(label) for label in digits.labels[:4]]
-fig = plots.signed_maps(
+fig = plots.images(
     [*images, *max_digits, *avg_digits],
-    names + [f"max {n}" for n in names] + [f"avg {n}" for n in names],
+    [f"digit {n}" for n in names] + [f"max pool {n}" for n in names]
+    + [f"avg pool {n}" for n in names],
     ncols=4,
-)
+    cmap="gray",
+)  # fmt: skip
 
 # %% [markdown]
 # ## Tolerance to a one-pixel shift
 #
 # The edge map $|\mathrm{corr2d}(X, [1, -1])|$ of the book's image (chapter 4) marks its two
 # vertical edges, at columns 1 and 5. Shift the image one pixel to the right and the edges
-# move to columns 2 and 6: a unit that reads column 1 or 5 of the edge map now sees nothing.
+# move to columns 2 and 6: a unit that reads column 1 or 5 of the edge map now sees nothing
+# (the columns are numbered under each panel).
 # After a 2x2 max pool with stride 1, pooled column $j$ is the maximum over edge columns $j$
 # and $j + 1$, so columns 1 and 5 fire at full strength for the image **and** for its shifted
 # copy.
@@ -174,15 +180,96 @@ assert np.all(pooled[:, columns] == 1) and np.all(pooled_shifted[:, columns] == 
 fig = plots.signed_maps(
     [X_edge, edges, pooled, X_shifted, edges_shifted, pooled_shifted],
     [
-        "X",
+        "X (input)",
         f"|edges|\ncolumns {fires(edges)}",
         f"max pool 2x2\ncolumns {fires(pooled)}",
-        "X shifted by 1",
+        "X shifted by 1 (input)",
         f"|edges|\ncolumns {fires(edges_shifted)}",
         f"max pool 2x2\ncolumns {fires(pooled_shifted)}",
     ],
     ncols=3,
+    grey=[0, 3],
+    column_ticks=True,
 )
+
+# %% [markdown]
+# > **Compared with your notes.** The notes ask "为什么池化用的越来越少了?" (why is pooling used
+# > less and less?) and answer: convolutions now often have a stride, and data augmentation
+# > (rotations, shifts, scaling) already gives the tolerance to shifts. Both hold, with two
+# > additions. A 3x3 convolution with stride 2 and padding 1 halves the size as a 2x2 pool
+# > does, but its downsampling is **learned** (pooling's max or mean is fixed), so later
+# > networks (ResNet's stages) downsample that way. And one pooling stayed everywhere: the
+# > **global** average pooling that ends NiN, GoogLeNet and ResNet (chapter 9), which replaces
+# > the dense head.
+
+# %%
+halved = {
+    "2x2 max pool, stride 2": shapes.pool_output_size(28, 2, 2),
+    "3x3 conv, stride 2, padding 1": shapes.conv_output_size(28, 3, 2, 1),
+}
+for name, size in halved.items():
+    print(f"{name}: 28 -> {size}")
+assert set(halved.values()) == {14}
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise has a cell where you set `answer`, and a check cell after it that tells you
+# whether your answer is right (without telling you the answer).
+#
+# **1 (compute).** LeNet's first pool: 2x2 max pooling with stride 2 on a 28x28 map with 6
+# channels. The output's shape (height, width, channels)?
+
+# %%
+answer = None  # a tuple
+
+# %%
+pooled_map = ops.pool2d(jnp.zeros((6, 28, 28)), 2)  # (c, h, w): channels first here
+nbk.check_answer(answer, (*pooled_map.shape[1:], pooled_map.shape[0]), "per channel, halved")
+
+# %% [markdown]
+# **2 (compute).** Average pooling 3x3, stride 1, padding 1 on an image of ones: the value at
+# a corner of the output?
+
+# %%
+answer = None  # a number
+
+# %%
+corner = float(pool2d(jnp.ones((4, 4)), (3, 3), "avg", (1, 1), (1, 1))[0, 0])
+nbk.check_answer(answer, corner, "how many of the 9 window pixels are real at a corner?")
+
+# %% [markdown]
+# **3 (predict, then run).** Is a ReLU followed by a 2x2 max pool the same as the max pool
+# followed by the ReLU, for any input? Answer `True` or `False` (the check tries a random
+# input).
+
+# %%
+answer = None  # True or False
+
+# %%
+Z = jnp.asarray(np.random.default_rng(7).normal(size=(8, 8)), jnp.float32)
+relu = lambda a: jnp.maximum(a, 0)  # noqa: E731
+same_order = bool(np.allclose(ops.pool2d(relu(Z), 2), relu(ops.pool2d(Z, 2))))
+nbk.check_answer(answer, same_order, "both are monotone: does the max of ReLUs change?")
+
+# %% [markdown]
+# **4 (compute).** How many parameters does a 3x3 max-pooling layer on 64 channels have?
+
+# %%
+answer = None  # a number
+
+# %%
+nbk.check_answer(answer, 0, "what would it learn?")
+
+# %% [markdown]
+# ## Checks
+#
+# The claims this page makes, checked on the numbers above.
+
+# %%
+assert bool(jnp.all(max_digits >= avg_digits))  # a window's max is never below its mean
+assert np.all(pooled[:, columns] == 1) and np.all(pooled_shifted[:, columns] == 1)
+print("the checks hold")
 
 # %%
 # Results

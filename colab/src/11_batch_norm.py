@@ -21,7 +21,8 @@
 # **Size.** The outputs stored in this notebook are the small size, run on a CPU: scikit-learn's
 # 8x8 `digits` scaled up to 28x28 (1,257 training images), 6 epochs with batch 32. The book size
 # (`SIZE = "book"` in the first cell, on a GPU) runs the same cells on Fashion-MNIST at 28x28,
-# 10 epochs with batch 256 (the book's); its numbers are not the ones stored here.
+# 10 epochs with batch 256 (the book's), the comparison keeping its Adam rates; its numbers are
+# not the ones stored here.
 
 # %% tags=["setup"]
 # The shared set-up cell (colab/src/_setup.py: size form, install on Colab, device) replaces
@@ -152,21 +153,22 @@ print("same as flax.linen.BatchNorm(momentum=0.9, epsilon=1e-5): training and in
 # drops the first convolution's padding). The page's LeNet takes `norm=False` to leave the
 # batch norms out, everything else equal, for the comparison below. One more layer, `Probe`,
 # passes its input through unchanged and only takes notes: at every training step it writes 5
-# percentiles of what the second convolution's sigmoid receives into a variable collection
-# `probe` (the engine carries every collection, as it does `batch_stats`), so after training we
-# can see how that distribution moved.
+# percentiles of what the second convolution's sigmoid receives (for the batch's first four
+# images) into a variable collection `probe` (the engine carries every collection, as it does
+# `batch_stats`), so after training we can see how that distribution moved.
 
 # %%
-fig = plots.readable(
-    plots.block_diagram(
+fig = plots.block_diagram(
+    [
         [
-            ["conv 6@5x5", "batch norm (6 channels)", "sigmoid", "avg pool 2x2"],
-            ["conv 16@5x5", "batch norm (16 channels)", "sigmoid", "avg pool 2x2"],
-            ["dense 120 / 84", "batch norm (per feature)", "sigmoid"],
-        ],
-        "where batch norm goes in LeNet: between the layer and its activation",
-        output="stage after stage, then dense 10",
-    )
+            "conv 5x5 (6, then 16 channels)\nor dense (120, then 84 features)",
+            "batch norm: per channel after a conv,\nper feature after a dense layer",
+            "sigmoid",
+            "avg pool 2x2 (after a conv)",
+        ]
+    ],
+    "where batch norm goes in LeNet: between each layer and its activation",
+    output="the next layer (the last: dense 10, no batch norm)",
 )
 
 
@@ -290,13 +292,14 @@ fig = plots.run_comparison(
 
 # %% [markdown]
 # Chance is a loss of $\ln 10 \approx 2.30$ and an accuracy of 0.1: at the large rate the plain
-# LeNet stays there. Why, shows the probe. Below, what the second convolution's sigmoid
+# LeNet stays there. The probe shows why. Below, what the second convolution's sigmoid
 # received at each training step (median, and the bands that hold the middle half and the
 # middle 90% of its inputs). Beyond $\pm 4$ (dotted) the sigmoid is flat: its slope
 # $\sigma'(z) = \sigma(z)(1 - \sigma(z))$ is below 0.018, so almost no gradient gets through.
-# At the large rate the plain net's first updates push its inputs far beyond that, most of
-# them to $\pm 20$, and they stay there: the sigmoids are saturated and training stalls. With
-# batch norm the same rate leaves the inputs standardised, within a few units of zero.
+# At the large rate the plain net's first few dozen updates push its inputs far beyond that,
+# most of them 10 to 25 units from zero, and they stay there: the sigmoids are saturated and
+# training stalls. With batch norm the same rate leaves the inputs standardised, within a few
+# units of zero, where the sigmoid has a slope.
 
 # %%
 percentiles = {
@@ -326,9 +329,8 @@ answer = None  # a number
 m = 0.0
 for batch_mean in (2.0, 4.0):
     _, m, _ = batch_norm(jnp.full((2, 1), batch_mean), 1.0, 0.0, m, 1.0, train=True)
-nbk.check_answer(
-    answer, float(m[0]), "each step keeps 0.9 of the old average and adds 0.1 of the batch's"
-)
+hint = "each step keeps 0.9 of the old average and adds 0.1 of the batch's mean"
+nbk.check_answer(answer, float(m[0]), hint)
 
 # %% [markdown]
 # **2 (compute).** How many parameters (trained by the optimizer) and how many running
@@ -340,11 +342,9 @@ answer = None  # (parameters, statistics)
 
 # %%
 bn_variables = BatchNorm().init(keys[0], jnp.zeros((2, 5, 5, 32)), train=True)
-nbk.check_answer(
-    answer,
-    (shapes.count_params(bn_variables["params"]), shapes.count_params(bn_variables["batch_stats"])),
-    "per channel: gamma and beta are parameters; the moving mean and variance are state",
-)
+counts = tuple(shapes.count_params(bn_variables[kind]) for kind in ("params", "batch_stats"))
+hint = "per channel: gamma and beta are parameters; the moving mean and variance are state"
+nbk.check_answer(answer, counts, hint)
 
 # %% [markdown]
 # **3 (predict, then run).** In inference mode (`train=False`), does one image's output depend
@@ -359,11 +359,9 @@ state = results[f"BN, lr {LARGE_RATE}"].state
 trained = {"params": state.params, "batch_stats": state.model_state["batch_stats"]}
 images = data.make_preprocess(config.resize, config.normalization)(test.images[:8])
 alone, in_batch = LeNet().apply(trained, images[:1]), LeNet().apply(trained, images)[:1]
-nbk.check_answer(
-    answer,
-    not bool(np.allclose(alone, in_batch, atol=1e-5)),
-    "in inference batch norm uses the moving averages, fixed numbers",
-)
+depends = not bool(np.allclose(alone, in_batch, atol=1e-5))
+hint = "in inference, batch norm standardises with the moving averages: fixed numbers"
+nbk.check_answer(answer, depends, hint)
 
 # %% [markdown]
 # **4 (change).** Raise the rate to 0.1, over 30 times chapter 7's. Does the batch-norm LeNet
