@@ -33,9 +33,9 @@ than they do (the resize); the comparison is conservative for jaxnotes. (a), (b)
 from the same initial parameters (the runner's ``create_train_state``, made once per model).
 ``--steps-per-dispatch K`` runs (a) and (b) as the runner's option of the same name does
 (``lax.scan`` over K steps per call); ``--per-example-variant`` adds (a) with the dropout masks
-drawn per batch instead of per example (``per_example_keys=False``), which prices
-``steps._apply_train``'s vmap, for the models whose step draws them per example (stateless, with
-dropout: AlexNet, VGG, NiN).
+drawn per batch instead of per example (``per_example_keys=False``), which prices the train
+step's vmap (``jaxnotes.steps``), for the models whose step draws them per example (stateless,
+with dropout: AlexNet, VGG, NiN).
 
 Timing: the first call (compilation, cuDNN autotuning) and ``--warmup`` steps are excluded; then
 ``--repeats`` runs of ``--steps`` steps (default 30, LeNet 200: its steps are short), each
@@ -687,7 +687,7 @@ def cell(
 
 def uses_per_example_keys(name: str, size: int) -> bool:
     """Whether the engine's step draws dropout keys per example for this zoo model (stateless
-    with dropout: ``steps._apply_train`` vmaps the forward over the examples)."""
+    with dropout: the train step in ``jaxnotes.steps`` vmaps the forward over the examples)."""
     import jax
     import jax.numpy as jnp
 

@@ -17,12 +17,12 @@ a train step is any ``(state, batch, metrics) -> (state, metrics)``, an eval ste
   maintenance mode in JAX; prefer the mesh.)
 
 All three compute the same function: dropout keys are drawn per example from
-``fold_in(fold_in(key, step), global_index)`` (see ``training._apply_train``), so the masks do not
-depend on how a batch is split, and the global batch's mean gradient is the mean of the devices'
-equal-sized slices' mean gradients. Models with state (BatchNorm): on the mesh XLA computes the
-global batch's statistics, as one device would; under pmap each device normalises with its own
-slice's statistics unless the module names the device axis (``axis_name="batch"``), and the engine
-averages the running statistics over the devices after each step.
+``fold_in(fold_in(key, step), global_index)`` (the train step, ``jaxnotes.steps``), so the masks
+do not depend on how a batch is split, and the global batch's mean gradient is the mean of the
+devices' equal-sized slices' mean gradients. Models with state (BatchNorm): on the mesh XLA
+computes the global batch's statistics, as one device would; under pmap each device normalises
+with its own slice's statistics unless the module names the device axis (``axis_name="batch"``),
+and the engine averages the running statistics over the devices after each step.
 
 Multi-host: :func:`maybe_initialize_distributed` starts ``jax.distributed`` from explicit flags or
 a standard cluster environment; only process 0 writes logs and files, and orbax writes each
