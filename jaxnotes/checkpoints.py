@@ -240,6 +240,10 @@ class Checkpoints:
                     metrics=None if metric is None else {"monitor": float(metric)},
                     force=True,
                 )
+                # The background write reports through our wait(), in one line. Quiet from
+                # here, before the save's own quiet ends: a write failing in that gap logged
+                # orbax's traceback (seen once in CI on a full disk).
+                _ORBAX_LOGS.quiet()
             except Exception as error:  # noqa: BLE001 -- one line instead of orbax's traces
                 failure = error
                 self._discard_partial(step)  # still held: closing flushes the threads' traces
@@ -247,7 +251,6 @@ class Checkpoints:
             raise self._failed(step, intact, failure)
         sys.stderr.write("".join(held))
         self._pending = (step, intact)
-        _ORBAX_LOGS.quiet()  # the background write reports through our wait(), in one line
         if wait:
             self.wait()
         return self.path(step)

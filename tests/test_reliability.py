@@ -372,6 +372,25 @@ def test_a_full_disk_through_the_api_raises_checkpoint_error(digits, tmp_path, m
         _fit(_config(), digits, tmp_path)
 
 
+def test_orbax_stays_quiet_from_a_save_until_its_write_is_waited_for(tmp_path, monkeypatch):
+    # A background write can fail at any moment after save() returns; if orbax's absl logger
+    # is loud for even an instant in between, its traceback reaches the user (seen in CI on a
+    # full disk). Every level the logger is given is recorded: none may be loud until wait().
+    import logging
+
+    absl_logger = logging.getLogger("absl")
+    loud, levels = absl_logger.level, []
+    set_level = absl_logger.setLevel
+    checkpoints = Checkpoints(tmp_path / "checkpoints", 2)
+    monkeypatch.setattr(absl_logger, "setLevel", lambda lvl: (levels.append(lvl), set_level(lvl)))
+    state = {"w": np.arange(4.0, dtype=np.float32)}
+    checkpoints.save(state, {"config": {}}, step=1)
+    assert levels and all(level == logging.CRITICAL for level in levels), levels
+    checkpoints.wait()
+    assert levels[-1] == loud  # and as before once the write is done
+    checkpoints.close()
+
+
 def test_an_impossible_resize_is_refused_with_the_memory_figure(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     started = time.perf_counter()
