@@ -100,16 +100,31 @@ class PopulationResult:
         return np.stack(out)
 
 
-# Members vectorised at once, at most: measured on 2 CPU cores (LeNet, batch 16), 4 members
-# vmapped ran 1.5x the examples/s of one, 16 or 64 only 0.7x (the stacked convolutions leave
-# the caches); chunks of 4 run one after another inside the same program (lax.map).
-CHUNK = 4
+# Members vectorised at once on one device, by backend. On 2 CPU cores (LeNet, batch 16) 4
+# members vmapped ran 1.5x the examples/s of one, 16 or 64 only 0.7x (the stacked convolutions
+# leave the caches): chunks of 4 run one after another inside the same program (lax.map). On one
+# H200 (LeNet, batch 128, P = 64) all members at once ran 10.39x P = 1, chunks of 4 only 7.01x:
+# a backend not named here vmaps every member at once.
+CHUNK: dict[str, int] = {"cpu": 4}
 
 
-def _chunked(step: Callable, size: int, devices: int) -> Callable:
-    """``step`` over the member axis in chunks of ``CHUNK`` members (one device only)."""
-    chunk = max(c for c in range(1, CHUNK + 1) if size % c == 0)
-    if devices > 1 or chunk == size:
+def members_at_once(size: int, devices: int, backend: str | None = None) -> int:
+    """How many of ``size`` members one device steps in one vmap.
+
+    Several devices: each its share, at once. One device: all of them, or on a backend named in
+    ``CHUNK`` the largest divisor of ``size`` up to its limit. ``backend``: default JAX's.
+    """
+    if devices > 1:
+        return size // devices
+    limit = CHUNK.get(backend or jax.default_backend())
+    if limit is None:
+        return size
+    return max(c for c in range(1, limit + 1) if size % c == 0)
+
+
+def _chunked(step: Callable, size: int, chunk: int) -> Callable:
+    """``step`` over the member axis, ``chunk`` members at a time (``lax.map`` over chunks)."""
+    if chunk == size:
         return step
 
     def chunked(*trees):
@@ -144,7 +159,9 @@ def _member_programs(job: PopulationJob, module, field, preprocess) -> tuple[Cal
         return steps.make_eval_step(fns, preprocess(hyper_m))(state, batch, metrics)
 
     placement, size = job.placement, len(job.members)
-    train = placement.jit_train(_chunked(jax.vmap(member_step), size, placement.num_devices))
+    # Several devices: the member axis is sharded, each device takes its share at once.
+    chunk = members_at_once(size, 1) if placement.num_devices == 1 else size
+    train = placement.jit_train(_chunked(jax.vmap(member_step), size, chunk))
     evaluate = placement.jit_eval(jax.vmap(member_eval))
     return train, evaluate
 
@@ -330,7 +347,7 @@ def _compiled_init(job: PopulationJob, hyper: dict) -> Callable:
     state = jax.eval_shape(jax.vmap(member_init), seeds, abstract)
     per_device = job.size // placement.num_devices
     state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
-    at_once = per_device if placement.num_devices > 1 else min(per_device, CHUNK)  # lax.map
+    at_once = members_at_once(job.size, placement.num_devices)  # the rest wait in lax.map
     modules.check_memory(
         fns, job.input_shape, job.config.batch_size * at_once, copies=per_device,
         state_bytes=state_bytes // placement.num_devices,

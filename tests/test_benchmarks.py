@@ -398,7 +398,7 @@ def _fake_record(export_diff: float = 2e-5, compilations: int = 1) -> dict:
                         "P=64": {"examples_per_s": 3200.0, "vs_P1": 32.0},
                     },
                     "ratio_P64_over_P1": 32.0,
-                    "skipped": ["P=64 unchunked: time budget"],
+                    "skipped": ["P=64 chunks of 4: time budget"],
                 },
             },
             "3": {
@@ -475,7 +475,7 @@ def test_gpu_check_summary_merges_the_parts_and_says_pass_or_fail():
     assert "P=64 / P=1 (summed examples/s): 32.00x" in text
     assert "lenet.export" in text and "PASS" in text
     assert "per-example keys cost 20.0%" in text
-    assert "lenet e-fp32: time budget" in text and "P=64 unchunked" in text  # the skipped
+    assert "lenet e-fp32: time budget" in text and "P=64 chunks of 4" in text  # the skipped
     assert gpu_check.passed(record)
     assert record["skipped"] == []  # the summary does not change the record's lists
 

@@ -154,6 +154,32 @@ def test_members_with_batchnorm_state_match_separate_fits_to_the_noise_floor(dig
         assert agree >= AGREEMENT
 
 
+def test_members_at_once_follows_the_backend_and_the_devices():
+    # On CPU the largest divisor of P up to 4 (cache-bound there); on an accelerator every member
+    # at once; on several devices each device's share.
+    assert [population.members_at_once(p, 1, "cpu") for p in (1, 4, 5, 6, 8, 64)] == [
+        1, 4, 1, 3, 4, 4,
+    ]  # fmt: skip
+    assert [population.members_at_once(p, 1, "gpu") for p in (1, 5, 64)] == [1, 5, 64]
+    assert population.members_at_once(64, 1, "tpu") == 64
+    assert population.members_at_once(8, 4, "cpu") == 2
+
+
+def test_all_members_at_once_as_on_an_accelerator_equal_separate_fits(digits, monkeypatch):
+    # The accelerators' path (one vmap, no lax.map over chunks) run here by naming no CPU limit.
+    monkeypatch.setattr(population, "CHUNK", {})
+    train, test = digits
+    config = training.TrainConfig(
+        model="mlp", epochs=1, batch_size=64, learning_rate=0.1, progress=False
+    )
+    members = [population.Member(seed=s, learning_rate=0.05 * (1 + s)) for s in range(6)]
+    result = population.fit_population(
+        config, members, train_data=train, eval_data=test, log=lambda s: None
+    )
+    for i in (0, 5):
+        _assert_member_equals(result, i, _alone(config, members[i], train, test))
+
+
 def test_one_program_whatever_the_population_size(digits):
     train, test = digits
     config = training.TrainConfig(model="mlp", epochs=1, batch_size=128, progress=False)
