@@ -307,6 +307,8 @@ def _set_up(config, model, data, log, phases, policy, callbacks) -> FitJob:
 def _open(job: FitJob, workdir, resume: bool, overwrite: bool, phases) -> runs.Session:
     """The run's folder (locked) and the initial state, or the latest intact checkpoint's."""
     built, config = job.built, job.config
+    if job.primary:  # overlapping the initial state's compilation
+        runs.import_in_background(writes=workdir is not None and not resume)
     state = create_train_state(
         built.fns, built.tx, built.input_shape, config.seed, ema=config.ema_decay > 0,
         loss_scaling=config.precision == "fp16",
@@ -318,8 +320,6 @@ def _open(job: FitJob, workdir, resume: bool, overwrite: bool, phases) -> runs.S
             workdir, resume=resume, overwrite=overwrite, primary=job.primary,
             keep=config.keep_checkpoints, log=job.log, best=best,
         )  # fmt: skip
-        if job.primary and not resume:
-            runs.import_in_background()  # orbax and matplotlib, needed only later
     try:
         return runs.start_session(job, state, folder, resume, phases)
     except BaseException:

@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
+from helpers import fit_quietly, quick_config
 
 from jaxnotes import compile_cache, optim, training
 from jaxnotes.models import get_model
@@ -81,6 +83,22 @@ def test_the_summary_splits_the_wall_time_into_phases(tmp_path):
     assert set(phases) == {"data", "build", "init", "train", "evaluate", "checkpoint", "plot"}
     assert all(seconds >= 0 for seconds in phases.values())
     assert sum(phases.values()) <= summary["wall_s"] + 1e-3  # phases do not overlap
+
+
+def test_examples_per_sec_counts_step_time_not_the_epochs_data_set_up(digits, monkeypatch):
+    # Setting up an epoch's batches (the first imports grain: ~0.2 s) is the "data" phase; the
+    # throughput is the steps'. A set-up made 0.3 s slower must not touch it.
+    real = training.FitJob.epoch_batches
+
+    def slow(self, *args):
+        time.sleep(0.3)
+        return real(self, *args)
+
+    monkeypatch.setattr(training.FitJob, "epoch_batches", slow)
+    summary = fit_quietly(quick_config(epochs=2), digits).summary
+    step_seconds = summary["timed_steps"] * 64 / summary["examples_per_sec"]
+    assert step_seconds < 0.3, step_seconds  # 37 MLP steps: milliseconds, not a set-up's sleep
+    assert summary["profile"]["phases"]["data"] >= 0.6
 
 
 @pytest.mark.parametrize("weight_init", ["xavier", "he"])
