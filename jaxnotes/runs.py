@@ -493,7 +493,8 @@ def import_in_background(writes: bool) -> None:
     """Import what a run needs only later in a thread: grain (the first epoch's batches), and
     when it ``writes`` a folder orbax (the first save) and matplotlib (the end). The imports
     then overlap the initial state's and the first step's compilation, which release the GIL.
-    Measured on the default job: grain alone 0.18 s, the three together about 0.3 s."""
+    Measured on the default job: grain takes 0.18 s to import; with it here the job's wall time
+    went from 6.92 to 6.63 s (orbax and matplotlib here had saved about 0.3 s before)."""
     import importlib
     import threading
 
